@@ -1,0 +1,35 @@
+"""The smoke profile runs the whole numbered chain with papermill, end to end, on the real packaged model."""
+import json, os, subprocess, sys, time
+from pathlib import Path
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    env = {**os.environ, "GLP_NB_OUT": str(out)}
+    t0 = time.time()
+    r = subprocess.run(["glp-reproduce", "--profile", "smoke"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=900)
+    return out, r, time.time() - t0
+
+def test_smoke_chain_runs(smoke_run):
+    out, r, secs = smoke_run
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    nbs = sorted(p.name for p in (ROOT / "nbs").glob("[0-9][0-9]_*.ipynb"))
+    ran = sorted(p.name for p in (out / "runs" / "smoke").glob("*.ipynb"))
+    assert ran == nbs
+    timings = json.loads((out / "runs" / "smoke" / "timings.json").read_text())
+    assert set(timings["seconds"]) == set(nbs)
+
+def test_smoke_figures_have_json(smoke_run):
+    out, r, _ = smoke_run
+    figs = out / "runs" / "smoke" / "figures"
+    pngs = sorted(figs.glob("*.png"))
+    assert pngs, "the smoke chain made no figures"
+    for p in pngs:
+        j = json.loads(p.with_suffix(".json").read_text())
+        assert j["meta"]["profile"] == "smoke" and p.stat().st_size > 5000
+    # the committed figures/ folder is never touched by the smoke profile
+    assert not (out / "figures").exists()
