@@ -11,9 +11,10 @@ from typing import Any, Optional
 import numpy as np
 
 # %% auto #0
-__all__ = ['PROFILES', 'ModelCfg', 'CorpusCfg', 'HarvestCfg', 'GLPCfg', 'TrainCfg', 'SampleCfg', 'Profile', 'get_profile',
-           'repo_root', 'data_dir', 'out_dir', 'fig_dir', 'run_dir', 'seed_everything', 'get_device', 'setup_torch',
-           'atomic_path', 'save_json', 'load_json', 'git_rev', 'provenance', 'save_figure', 'pbar', 'timer']
+__all__ = ['PROFILES', 'ModelCfg', 'CorpusCfg', 'HarvestCfg', 'GLPCfg', 'TrainCfg', 'SampleCfg', 'SAECfg', 'ScalingCfg',
+           'EvalCfg', 'SteerCfg', 'ProbeCfg', 'Profile', 'get_profile', 'repo_root', 'data_dir', 'out_dir', 'fig_dir',
+           'run_dir', 'seed_everything', 'get_device', 'setup_torch', 'atomic_path', 'save_json', 'load_json',
+           'git_rev', 'provenance', 'save_figure', 'pbar', 'timer']
 
 # %% ../nbs/00_core.ipynb #c006
 @dataclass
@@ -43,6 +44,8 @@ class HarvestCfg:
     block_docs: int = 64           # documents per block: the unit of work, of shard commits and of resumption
     shard_acts: int = 65536        # a shard is committed once it holds at least this many rows
     store_dtype: str = "bfloat16"  # on-disk dtype, 2 bytes per value (bf16 cannot overflow where fp16 would)
+    bench_tokens: int = 16384      # tokens timed per method in the harvest throughput benchmark (truncated vs naive forward)
+    pca_rows: int = 32768          # train-store rows sampled for the activation-statistics figure (PCA spectrum)
 
 @dataclass
 class GLPCfg:
@@ -80,6 +83,85 @@ class SampleCfg:
     pca_steps: tuple = (1, 4, 20, 100)
 
 @dataclass
+class SAECfg:
+    "TopK SAE baseline (Gao et al. 2024) trained on the same store."
+    expansion: int = 8             # latents = expansion * d
+    k: int = 32                    # active latents per token
+    lr: float = 2e-4
+    batch_size: int = 1024
+    n_acts: Optional[int] = None   # None = the GLP's budget (TrainCfg.n_acts), the same activation budget
+    aux_k: int = 256               # auxiliary top-k over dead latents (dead-latent handling)
+    aux_coef: float = 1 / 32       # weight of the AuxK loss (Gao et al.)
+    dead_after: int = 1_000_000    # a latent is dead after this many activations without firing
+    log_every: int = 20            # steps between metric rows
+    eval_acts: int = 20_000        # held-out activations for FVU / L0 / dead fraction
+    seed: int = 42
+
+@dataclass
+class ScalingCfg:
+    "The GLP size ladder for the scaling law (C = 6 N D)."
+    widths: tuple = ((32, 64, 1), (64, 128, 1), (128, 256, 2), (192, 384, 2), (320, 640, 2))   # (d_model, d_mlp, depth) per rung
+    n_acts: int = 500_000
+    batch_size: int = 1024
+    n_ckpts: int = 6
+    lr: Optional[float] = None     # None = P.train.lr; short ladders need a larger lr than the paper's 1B-activation runs
+    n_boot: int = 1000             # bootstrap resamples of the fit's points
+
+@dataclass
+class EvalCfg:
+    "Generation quality: Frechet distance and Delta LM loss."
+    fd_n: int = 20_000             # samples per side for FD
+    fd_steps: tuple = (1, 4, 20, 100, 1000)
+    fd_ladder_steps: int = 100     # sampling steps for the per-size FD
+    dlm_docs: int = 128            # held-out docs for Delta LM loss
+    dlm_len: int = 128
+    dlm_batch: int = 8             # documents per forward pass for Delta LM loss
+    n_boot: int = 1000
+    seed: int = 42                 # sample / noise seed (GLP samples, projections, bootstrap)
+
+@dataclass
+class SteerCfg:
+    "On-manifold steering (paper §4.1, §4.3)."
+    rs: tuple = (0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0)   # alpha = r * mean activation norm
+    n_prefixes: int = 100
+    new_tokens: int = 20
+    n_features: int = 50           # SAE features to steer along
+    feature_prompts: int = 2       # prompts per SAE feature
+    n_boot: int = 1000
+    t_start: float = 0.5           # GLP post-processing: SDEdit start noise level (paper default)
+    steps: int = 20                # Euler steps of the projection (see glp.time_grid)
+    grid: str = "ours"             # 'ours' (steps evaluations from t_start) or 'authors' (the released code's grid)
+    seed: int = 0                  # noise seed of the projection, prefix choice and feature choice
+    diffmean_n: int = 2000         # labelled sentiment texts for the DiffMean direction (half each class)
+    heldout_n: int = 1000          # held-out texts for the direction's AUROC and the TF-IDF classifier's accuracy
+    feature_freq: tuple = (0.002, 0.05)  # SAE features eligible for steering fire on this fraction of val tokens
+    context_docs: int = 200        # validation documents whose tokens give each feature's top contexts
+    scaling_prefixes: int = 16     # prefixes per GLP checkpoint in the steering-vs-compute figure
+    scaling_ckpts: int = 3         # checkpoints per ladder rung (the last ones, log-spaced)
+    judge_url: Optional[str] = None      # OpenAI-compatible endpoint for the optional LLM judge (off when None)
+    judge_model: str = "gpt-4o-mini"
+
+@dataclass
+class ProbeCfg:
+    "1-D probing on the SAE-Probes binary tasks (paper §6.4)."
+    datasets: Optional[tuple] = None   # None = every binary task; a tuple of dataset names = that subset
+    max_rows: Optional[int] = None     # cap rows per dataset (None = all)
+    max_len: int = 1024                # left truncation of prompts, in tokens
+    top_k: int = 512                   # prefilter by |class-mean difference|
+    Cs: tuple = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+    t: float = 0.1                     # meta-neuron timestep
+    ts: tuple = (0.1, 0.3, 0.5, 0.7, 0.9)
+    n_boot: int = 10_000
+    seed: int = 42
+    batch_tokens: int = 8192           # token budget of one padded LLM batch when reading prompts
+    n_check: int = 16                  # features per dataset cross-checked (and timed) against sklearn in the pipeline
+    mn_docs: int = 300                 # 11_meta_neurons: held-out documents scanned for top activations
+    mn_len: int = 64                   # tokens per document there (the authors use 64)
+    mn_tasks: int = 6                  # tasks whose best meta-neuron is shown
+    mn_top: int = 3                    # top documents per meta-neuron (paper Table 5 shows 3)
+    mn_bold: int = 3                   # tokens bolded per document
+
+@dataclass
 class Profile:
     "One config per stage, under a name."
     name: str = "cpu"
@@ -89,26 +171,42 @@ class Profile:
     glp: GLPCfg = field(default_factory=GLPCfg)
     train: TrainCfg = field(default_factory=TrainCfg)
     sample: SampleCfg = field(default_factory=SampleCfg)
+    sae: SAECfg = field(default_factory=SAECfg)
+    scaling: ScalingCfg = field(default_factory=ScalingCfg)
+    eval: EvalCfg = field(default_factory=EvalCfg)
+    steer: SteerCfg = field(default_factory=SteerCfg)
+    probe: ProbeCfg = field(default_factory=ProbeCfg)
     threads: Optional[int] = None  # torch CPU threads; None = all cores
 
 # %% ../nbs/00_core.ipynb #c008
 PROFILES = {
     "smoke": dict(
-        harvest=dict(max_len=256, train_acts=24_000, val_acts=4_000, block_docs=16, shard_acts=8192, batch_tokens=4096),
+        harvest=dict(max_len=256, train_acts=24_000, val_acts=4_000, block_docs=16, shard_acts=8192, batch_tokens=4096,
+                     bench_tokens=2048, pca_rows=8192),
         glp=dict(depth=2, d_model=256, d_mlp=512),
         train=dict(batch_size=512, n_acts=40_000, n_ckpts=4, eval_every=20, eval_acts=2048),
         sample=dict(n_gen=500, pca_steps=(1, 4, 20)),
+        sae=dict(expansion=4, k=16, batch_size=512, n_acts=40_000),
+        scaling=dict(widths=((32, 64, 1), (64, 128, 1), (128, 256, 2)), n_acts=16_384, batch_size=512, n_ckpts=3, lr=1e-3, n_boot=100),
+        eval=dict(fd_n=500, fd_steps=(1, 4, 20), fd_ladder_steps=4, dlm_docs=8, dlm_len=64, n_boot=200),
+        steer=dict(rs=(0.5, 1.5), n_prefixes=4, new_tokens=6, n_features=3, feature_prompts=1, n_boot=100),
+        probe=dict(datasets=("92_glue_sst2", "113_movie_sent"), max_rows=160, max_len=64, top_k=32, n_boot=200, ts=(0.1, 0.5),
+                   n_check=4, mn_docs=16, mn_len=32, mn_tasks=2),
     ),
     "cpu": dict(
         harvest=dict(max_len=1024, train_acts=1_050_000, val_acts=60_000),
         glp=dict(depth=3, d_model=640, d_mlp=1280),
         train=dict(batch_size=1024, n_acts=2_000_000, eval_every=100),
+        scaling=dict(widths=((32, 64, 1), (64, 128, 1), (128, 256, 2), (192, 384, 2), (320, 640, 2)), n_acts=500_000,
+                     batch_size=1024, n_ckpts=6, lr=1e-3),
     ),
     "gpu": dict(
         harvest=dict(max_len=2048, train_acts=50_000_000, val_acts=200_000, batch_tokens=65536, block_docs=512, shard_acts=1_000_000),
         glp=dict(depth=6),
         train=dict(batch_size=4096, n_acts=100_000_000, eval_every=500, eval_acts=32768),
         sample=dict(n_gen=20000, pca_steps=(1, 4, 20, 100)),
+        scaling=dict(widths=((256, 512, 2), (640, 1280, 3), (1280, 2560, 3), (1280, 2560, 6), (1280, 2560, 12), (1280, 2560, 24)),
+                     n_acts=40_000_000, batch_size=4096, n_ckpts=8, lr=2e-4),
     ),
 }
 

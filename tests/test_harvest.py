@@ -1,0 +1,180 @@
+"""Tests of glp_nb.harvest: real-model correctness, SIGKILL-resume byte-identity, damaged stores, non-finite activations."""
+import os, sys, signal, shutil, subprocess, textwrap
+from pathlib import Path
+import numpy as np
+import pytest
+import torch
+from glp_nb.core import HarvestCfg, ModelCfg, load_json
+from glp_nb.models import load_llm, tiny_llm, encode
+from glp_nb.harvest import harvest, Store, from_bits
+
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Activation stores hold the residual stream of one layer for every token of every document, except the first one, "
+    "which is a massive outlier at middle layers. " * 4,  # longer than max_len below: checks truncation
+    "A",
+    "Diffusion models learn a distribution by reversing a noising process; here the data are LLM activations.",
+]
+CFG = HarvestCfg(max_len=48, block_docs=2, shard_acts=40, batch_tokens=128)
+
+
+def _docs(texts):
+    return [(f"doc{i}", t) for i, t in enumerate(texts)]
+
+
+# ---------------------------------------------------------------- (1) the real packaged model
+
+@pytest.fixture(scope="module")
+def gemma():
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    return load_llm(ModelCfg())
+
+
+def test_real_model_rows_match_single_forward(gemma, tmp_path):
+    llm = gemma
+    s = harvest(llm, _docs(TEXTS), tmp_path / "g", CFG, n_acts=10**6, split="val", corpus={"source": "test"}, verbose=False)
+    ids = encode(llm, TEXTS, CFG.max_len)
+    assert max(map(len, ids)) == CFG.max_len  # the long text was truncated
+    assert s.n == sum(len(x) - 1 for x in ids) and s.d == llm.d
+    assert s.manifest["complete"] and s.manifest["stop"] == "docs_exhausted"
+    assert len(s.shards) >= 2  # shards of whole blocks
+    x = s.read(0, s.n)
+    start = 0
+    with torch.inference_mode():
+        for t in ids:
+            ref = llm.model(torch.tensor([t]), output_hidden_states=True).hidden_states[llm.layer + 1][0, 1:].float()
+            got = x[start:start + len(t) - 1]
+            start += len(t) - 1
+            # bf16 keeps 8 significant bits: |err| <= 2^-8 |x| from rounding, plus batched-vs-single fp32 noise
+            torch.testing.assert_close(got, ref, rtol=2**-7, atol=1e-2 * float(ref.abs().median()) + 1e-4)
+    assert torch.isfinite(s.mean).all() and (s.var > 0).all()
+
+
+# ---------------------------------------------------------------- (2) SIGKILL at many points, resume, byte-identical
+
+SCRIPT = textwrap.dedent("""
+    import os, sys, signal
+    import numpy as np, torch
+    torch.set_num_threads(1)
+    from glp_nb.core import HarvestCfg
+    from glp_nb.models import tiny_llm
+    import glp_nb.harvest as H
+
+    mode, _, k = os.environ.get("GLP_TEST_KILL", "").partition(":")
+    k = int(k or 0)
+    def die(): os.kill(os.getpid(), signal.SIGKILL)
+
+    def docs():
+        r = np.random.default_rng(0)
+        words = "the a of activation model layer token store shard block flow noise data".split()
+        for i in range(400):
+            if mode == "iter" and i == k: die()   # mid-shard, inside the document iterator
+            yield f"d{i:03d}", " ".join(r.choice(words, r.integers(1, 30)))
+
+    # kill right after the k-th call of a write step: sha256 runs inside the shard's atomic write (temp file on disk,
+    # not yet renamed), _write_shard / _write_stats / _write_manifest are the three steps of a commit
+    if mode in ("sha256", "_write_shard", "_write_stats", "_write_manifest"):
+        orig, n = getattr(H, mode), [0]
+        def wrapped(*a, **kw):
+            r = orig(*a, **kw); n[0] += 1
+            if n[0] == k: die()
+            return r
+        setattr(H, mode, wrapped)
+
+    cfg = HarvestCfg(max_len=128, block_docs=4, shard_acts=400, batch_tokens=512)
+    H.harvest(tiny_llm(), docs(), sys.argv[1], cfg, n_acts=8000, split="train", corpus={"source": "synthetic"}, verbose=False)
+""")
+
+
+def _run(script, out, kill=""):
+    env = dict(os.environ, GLP_TEST_KILL=kill, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, str(script), str(out)], env=env, capture_output=True, text=True, timeout=300)
+
+
+def _files(p):
+    return {q.name: q.read_bytes() for q in sorted(Path(p).iterdir())}
+
+
+def test_sigkill_resume_is_byte_identical(tmp_path):
+    script = tmp_path / "h.py"; script.write_text(SCRIPT)
+    r = _run(script, tmp_path / "ref")
+    assert r.returncode == 0, r.stderr[-3000:]
+    ref = _files(tmp_path / "ref")
+    assert len([n for n in ref if n.startswith("shard_")]) >= 8
+    out = tmp_path / "killed"
+    for kill in ["iter:25", "sha256:2", "_write_stats:2", "_write_shard:1", "_write_manifest:2", "iter:60"]:
+        r = _run(script, out, kill)
+        assert r.returncode == -signal.SIGKILL, (kill, r.returncode, r.stderr[-3000:])
+        m = load_json(out / "manifest.json")
+        assert not m["complete"], kill
+    r = _run(script, out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = _files(out)
+    assert sorted(got) == sorted(ref)
+    for name in ref: assert got[name] == ref[name], f"{name} differs after kill + resume"
+
+
+# ---------------------------------------------------------------- (3) damaged stores and bad inputs
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory):
+    torch.set_num_threads(1)
+    r = np.random.default_rng(1)
+    texts = [" ".join(["word"] * int(r.integers(5, 60))) for _ in range(24)]
+    out = tmp_path_factory.mktemp("store") / "s"
+    harvest(tiny_llm(), _docs(texts), out, HarvestCfg(max_len=64, block_docs=4, shard_acts=300, batch_tokens=256), n_acts=10**6,
+            verbose=False)
+    return out
+
+
+def _copy(src, dst, fn):
+    shutil.copytree(src, dst); fn(dst); return dst
+
+
+def test_missing_manifest(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"): Store(tmp_path / "nowhere")
+
+
+def test_truncated_shard(tiny_store, tmp_path):
+    p = _copy(tiny_store, tmp_path / "t", lambda p: os.truncate(p / "shard_00001.npy", (p / "shard_00001.npy").stat().st_size - 2))
+    with pytest.raises(ValueError, match=r"shard_00001\.npy.*truncated"): Store(p)
+
+
+def test_corrupted_shard(tiny_store, tmp_path):
+    def flip(p):
+        b = bytearray((p / "shard_00000.npy").read_bytes()); b[-7] ^= 0x40; (p / "shard_00000.npy").write_bytes(bytes(b))
+    p = _copy(tiny_store, tmp_path / "c", flip)
+    with pytest.raises(ValueError, match=r"shard_00000\.npy.*SHA-256"): Store(p, verify="sha")
+    p2 = _copy(tiny_store, tmp_path / "h", lambda p: (p / "shard_00000.npy").write_bytes(b"\x93NUMPY garbage"))
+    with pytest.raises(ValueError, match=r"shard_00000\.npy"): Store(p2)
+
+
+def test_wrong_dimension(tiny_store):
+    with pytest.raises(ValueError, match="d=64, expected d=640"): Store(tiny_store, d=640)
+
+
+def test_settings_mismatch_names_keys(tiny_store, tmp_path):
+    p = _copy(tiny_store, tmp_path / "m", lambda p: None)
+    with pytest.raises(ValueError, match="harvest.max_len: stored 64 vs requested 32"):
+        harvest(tiny_llm(), [], p, HarvestCfg(max_len=32, block_docs=4, shard_acts=300, batch_tokens=256), n_acts=10**6)
+
+
+def test_store_reads_match_stats(tiny_store):
+    s = Store(tiny_store, verify="sha")
+    x = s.read(0, s.n).double()
+    torch.testing.assert_close(s.mean.double(), x.mean(0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(s.var.double(), x.var(0, unbiased=False), rtol=1e-5, atol=1e-6)
+    rows = torch.cat(list(s.batches(50, drop_last=False)))
+    assert rows.shape == x.shape and torch.equal(torch.sort(rows.double().sum(1)).values, torch.sort(x.sum(1)).values)
+
+
+# ---------------------------------------------------------------- (4) non-finite activations
+
+def test_nonfinite_detected(tmp_path):
+    torch.set_num_threads(1)
+    llm = tiny_llm(seed=3)
+    with torch.no_grad(): llm.model.get_input_embeddings().weight[ord("q") + llm.tok.offset] = float("inf")
+    docs = [("fine", "all good here"), ("quux", "a quick question"), ("fine2", "nothing odd")]
+    with pytest.raises(ValueError, match=r"non-finite activations: \d+ values in 1 document\(s\) \['quux'\]"):
+        harvest(llm, docs, tmp_path / "nf", CFG, n_acts=10**6, verbose=False)
+    assert not list((tmp_path / "nf").glob("shard_*.npy"))
