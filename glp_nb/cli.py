@@ -9,7 +9,7 @@ from pathlib import Path
 from .core import PROFILES, repo_root, run_dir, save_json, git_rev
 
 # %% auto #0
-__all__ = ['chain', 'run_chain', 'main']
+__all__ = ['chain', 'run_chain', 'render_gallery', 'update_readme', 'main']
 
 # %% ../nbs/cli.ipynb #c005
 def chain(nbs: Path, only: str | None = None) -> list[Path]:
@@ -40,7 +40,32 @@ def run_chain(profile: str = "cpu", nbs: Path | None = None, only: str | None = 
         save_json(dict(profile=profile, git=git_rev(), seconds=times, total=round(time.time() - t_all, 1)), out / "timings.json")
     return times
 
-# %% ../nbs/cli.ipynb #c008
+# %% ../nbs/cli.ipynb #c009
+def render_gallery(figs: Path) -> str:
+    "Markdown for every PNG in `figs` that has a sibling JSON (made by the chain)."
+    rows = []
+    for png in sorted(Path(figs).glob("*.png")):
+        js = png.with_suffix(".json")
+        if not js.exists(): continue
+        meta = json.loads(js.read_text()).get("meta", {})
+        rows.append(f"### {png.stem}\n\n![{png.stem}](figures/{png.name})\n\n"
+                    f"Numbers: [`figures/{js.name}`](figures/{js.name}) (profile {meta.get('profile')}, model {meta.get('model')}, "
+                    f"layer {meta.get('layer')}, git {meta.get('git')}).\n")
+    return "\n".join(rows) or "_No figures yet: run `make reproduce`._\n"
+
+def update_readme(readme: Path, figs: Path, start="<!-- gallery:start -->", end="<!-- gallery:end -->") -> bool:
+    "Replace the text between the markers of `readme` with the gallery of `figs`; False when the markers are absent."
+    text = Path(readme).read_text()
+    if start not in text or end not in text: return False
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    new = head + start + "\n" + render_gallery(figs) + end + tail
+    if new != text:
+        from glp_nb.core import atomic_path
+        with atomic_path(readme) as tmp: Path(tmp).write_text(new)
+    return True
+
+# %% ../nbs/cli.ipynb #c011
 def main(argv=None):
     "Console entry point: `glp-reproduce --profile cpu`."
     ap = argparse.ArgumentParser(prog="glp-reproduce", description="Run the glp-nb notebook chain with papermill.")
@@ -49,4 +74,6 @@ def main(argv=None):
     ap.add_argument("--nbs", default=None, help="notebook folder (default: nbs/ of the checkout)")
     a = ap.parse_args(argv)
     times = run_chain(a.profile, a.nbs, a.only)
+    root = repo_root()
+    if a.profile == "cpu" and root and not os.environ.get("GLP_NB_OUT"): update_readme(root / "README.md", root / "figures")
     print(f"[glp-reproduce] {a.profile} chain finished in {sum(times.values()):.0f} s: " + json.dumps(times))

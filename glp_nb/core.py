@@ -11,10 +11,10 @@ from typing import Any, Optional
 import numpy as np
 
 # %% auto #0
-__all__ = ['PROFILES', 'ModelCfg', 'CorpusCfg', 'HarvestCfg', 'GLPCfg', 'TrainCfg', 'SampleCfg', 'SAECfg', 'ScalingCfg',
-           'EvalCfg', 'SteerCfg', 'ProbeCfg', 'Profile', 'get_profile', 'repo_root', 'data_dir', 'out_dir', 'fig_dir',
-           'run_dir', 'seed_everything', 'get_device', 'setup_torch', 'atomic_path', 'save_json', 'load_json',
-           'git_rev', 'provenance', 'save_figure', 'pbar', 'timer']
+__all__ = ['PROBE_CPU_TASKS', 'PROFILES', 'ModelCfg', 'CorpusCfg', 'HarvestCfg', 'GLPCfg', 'TrainCfg', 'SampleCfg', 'SAECfg',
+           'ScalingCfg', 'EvalCfg', 'SteerCfg', 'ProbeCfg', 'Profile', 'get_profile', 'repo_root', 'data_dir',
+           'out_dir', 'fig_dir', 'run_dir', 'seed_everything', 'get_device', 'setup_torch', 'atomic_path', 'save_json',
+           'load_json', 'git_rev', 'provenance', 'save_figure', 'pbar', 'timer']
 
 # %% ../nbs/00_core.ipynb #c006
 @dataclass
@@ -118,6 +118,7 @@ class EvalCfg:
     dlm_batch: int = 8             # documents per forward pass for Delta LM loss
     n_boot: int = 1000
     seed: int = 42                 # sample / noise seed (GLP samples, projections, bootstrap)
+    massive_mult: float = 5.0      # diagnostic: a 'massive' row has norm > this x the median train norm
 
 @dataclass
 class SteerCfg:
@@ -135,9 +136,11 @@ class SteerCfg:
     diffmean_n: int = 2000         # labelled sentiment texts for the DiffMean direction (half each class)
     heldout_n: int = 1000          # held-out texts for the direction's AUROC and the TF-IDF classifier's accuracy
     feature_freq: tuple = (0.002, 0.05)  # SAE features eligible for steering fire on this fraction of val tokens
-    context_docs: int = 200        # validation documents whose tokens give each feature's top contexts
+    context_docs: int = 200        # validation documents (from the start of the val store) that give features' frequencies and contexts
     scaling_prefixes: int = 16     # prefixes per GLP checkpoint in the steering-vs-compute figure
     scaling_ckpts: int = 3         # checkpoints per ladder rung (the last ones, log-spaced)
+    batch_size: int = 64           # sequences per generation / scoring batch
+    massive: float = 30.0          # dims with RMS > massive x median RMS are left out of directions and the norm (0 = keep all)
     judge_url: Optional[str] = None      # OpenAI-compatible endpoint for the optional LLM judge (off when None)
     judge_model: str = "gpt-4o-mini"
 
@@ -179,26 +182,38 @@ class Profile:
     threads: Optional[int] = None  # torch CPU threads; None = all cores
 
 # %% ../nbs/00_core.ipynb #c008
+# cpu probing: one task per family of the SAE-Probes benchmark, short prompts preferred (10_probing explains the choice)
+PROBE_CPU_TASKS = ("5_hist_fig_ismale", "21_headline_istrump", "36_sciq_tf", "41_truthqa_tf", "51_just_is", "54_cs_tf",
+                   "65_high-school", "87_glue_cola", "92_glue_sst2", "95_toxic_is", "96_spam_is", "105_click_bait",
+                   "123_world_country_United_Kingdom", "126_art_type_book", "138_glue_mnli_contradiction",
+                   "149_twt_emotion_happiness", "156_athlete_sport_baseball", "159_code_Python")
+
 PROFILES = {
     "smoke": dict(
         harvest=dict(max_len=256, train_acts=24_000, val_acts=4_000, block_docs=16, shard_acts=8192, batch_tokens=4096,
                      bench_tokens=2048, pca_rows=8192),
         glp=dict(depth=2, d_model=256, d_mlp=512),
-        train=dict(batch_size=512, n_acts=40_000, n_ckpts=4, eval_every=20, eval_acts=2048),
+        train=dict(lr=1e-3, batch_size=512, n_acts=40_000, n_ckpts=4, eval_every=20, eval_acts=2048),
         sample=dict(n_gen=500, pca_steps=(1, 4, 20)),
-        sae=dict(expansion=4, k=16, batch_size=512, n_acts=40_000),
+        sae=dict(expansion=4, k=16, batch_size=512, n_acts=16_384, lr=3e-3),
         scaling=dict(widths=((32, 64, 1), (64, 128, 1), (128, 256, 2)), n_acts=16_384, batch_size=512, n_ckpts=3, lr=1e-3, n_boot=100),
-        eval=dict(fd_n=500, fd_steps=(1, 4, 20), fd_ladder_steps=4, dlm_docs=8, dlm_len=64, n_boot=200),
-        steer=dict(rs=(0.5, 1.5), n_prefixes=4, new_tokens=6, n_features=3, feature_prompts=1, n_boot=100),
+        eval=dict(fd_n=1000, fd_steps=(1, 4, 20), fd_ladder_steps=4, dlm_docs=8, dlm_len=64, n_boot=200),
+        steer=dict(rs=(0.5, 1.5), n_prefixes=4, new_tokens=6, n_features=3, feature_prompts=1, n_boot=100, steps=4,
+                   diffmean_n=100, heldout_n=100, context_docs=4, scaling_prefixes=3, scaling_ckpts=1, feature_freq=(0.001, 0.2)),
         probe=dict(datasets=("92_glue_sst2", "113_movie_sent"), max_rows=160, max_len=64, top_k=32, n_boot=200, ts=(0.1, 0.5),
                    n_check=4, mn_docs=16, mn_len=32, mn_tasks=2),
     ),
     "cpu": dict(
         harvest=dict(max_len=1024, train_acts=1_050_000, val_acts=60_000),
         glp=dict(depth=3, d_model=640, d_mlp=1280),
-        train=dict(batch_size=1024, n_acts=2_000_000, eval_every=100),
+        train=dict(lr=1e-3, batch_size=1024, n_acts=2_000_000, eval_every=100),  # 05_train: lr 1e-3 for a ~2k-step run (5e-5 is for 244k steps)
+        sae=dict(n_acts=512_000, lr=2e-3),       # 06_sae: 5-minute share at ~2.4k act/s (see 06_sae); GLP budget is 2M
+        eval=dict(fd_n=4000, fd_steps=(1, 4, 20, 100), fd_ladder_steps=20, dlm_docs=64, dlm_len=128),  # 08: 6-minute share
         scaling=dict(widths=((32, 64, 1), (64, 128, 1), (128, 256, 2), (192, 384, 2), (320, 640, 2)), n_acts=500_000,
                      batch_size=1024, n_ckpts=6, lr=1e-3),
+        probe=dict(datasets=PROBE_CPU_TASKS, max_rows=500, max_len=128, n_boot=10_000),
+        steer=dict(rs=(0.2, 0.6, 1.0, 1.4, 1.8, 2.0), n_prefixes=40, n_features=8, feature_prompts=3, diffmean_n=1000, heldout_n=500,
+                   context_docs=40, scaling_prefixes=12, scaling_ckpts=2),  # 09: 10-minute share, see 09_steering's sizing note
     ),
     "gpu": dict(
         harvest=dict(max_len=2048, train_acts=50_000_000, val_acts=200_000, batch_tokens=65536, block_docs=512, shard_acts=1_000_000),
@@ -207,6 +222,7 @@ PROFILES = {
         sample=dict(n_gen=20000, pca_steps=(1, 4, 20, 100)),
         scaling=dict(widths=((256, 512, 2), (640, 1280, 3), (1280, 2560, 3), (1280, 2560, 6), (1280, 2560, 12), (1280, 2560, 24)),
                      n_acts=40_000_000, batch_size=4096, n_ckpts=8, lr=2e-4),
+        probe=dict(batch_tokens=65536, mn_docs=2000),   # all 113 tasks, all rows, 1024 tokens (the paper's setting)
     ),
 }
 
@@ -285,9 +301,13 @@ def atomic_path(path):
     try:
         yield Path(tmp)
         with open(tmp, "rb+") as f: os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give them the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp): os.unlink(tmp)
+
+def _umask():
+    m = os.umask(0); os.umask(m); return m
 
 def save_json(obj, path):
     "Write `obj` as pretty JSON, atomically."

@@ -14,7 +14,7 @@ __all__ = ['OFFLINE', 'MOBY_SKIP', 'HUB_ALIASES', 'LOCAL_EXTS', 'passages', 'spl
            'source_kind', 'docs', 'corpus_info']
 
 # %% ../nbs/02_corpus.ipynb #c006
-_SENT = re.compile(r"(?<=[.!?])[\"'”’)\]]*\s+")
+_SENT = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"'”’)\]]))\s+")  # whitespace after a sentence end (and its closing quote)
 
 def _cut_long(s: str, n: int) -> list[str]:
     "Cut `s` into pieces of at most `n` chars at spaces (hard cut if a word is longer)."
@@ -169,13 +169,14 @@ def source_kind(source: str) -> str:
     raise ValueError(f"unknown corpus source {source!r}: expected 'offline' (packaged mix), 'fineweb', a hub dataset id "
                      f"'owner/name[:config]', or an existing local folder of .txt files / {', '.join(LOCAL_EXTS)} file")
 
-def _local_raw(path: Path) -> Iterator[tuple[str, str]]:
+def _local_raw(path: Path, cfg: CorpusCfg) -> Iterator[tuple[str, str]]:
     tag = path.name
     if path.is_dir():
         files = sorted(path.rglob("*.txt"))
         if not files: raise ValueError(f"corpus folder {path} holds no .txt files")
         for f in files: yield f"{tag}/{f.relative_to(path).as_posix()}", _read(f)
-    elif path.suffix == ".txt": yield tag, _read(path)
+    elif path.suffix == ".txt":  # one long text: its passages are the documents, so both splits get some
+        for k, p in enumerate(passages(_read(path), cfg.max_chars, cfg.min_chars)): yield f"{tag}/p{k:06d}", p
     elif path.suffix == ".jsonl":
         for i, line in enumerate(path.read_text().splitlines()):
             if not line.strip(): continue
@@ -215,7 +216,7 @@ def _hub_check(source: str):
 def _table(cfg: CorpusCfg) -> tuple:
     "The passage table of an offline or local source."
     if source_kind(cfg.source) == "offline": return _offline_table(cfg.max_chars, cfg.min_chars, cfg.seed, str(data_dir()))
-    return tuple(_passages(list(_local_raw(Path(cfg.source).expanduser())), cfg))
+    return tuple(_passages(list(_local_raw(Path(cfg.source).expanduser(), cfg)), cfg))
 
 def docs(cfg: CorpusCfg = None, split: str = "train") -> Iterator[tuple[str, str]]:
     "(doc_id, text) of the `split` ('train' | 'val') of `cfg.source`, in a deterministic, source-interleaved order."

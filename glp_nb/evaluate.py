@@ -15,32 +15,46 @@ from .core import Profile, pbar, timer, save_json, load_json
 
 # %% auto #0
 __all__ = ['gauss_stats', 'trace_sqrt_product', 'frechet_from_stats', 'frechet_distance', 'PCA', 'splice', 'delta_lm',
-           'boot_ratio', 'delta_table', 'final_glp', 'ladder_runs', 'plot_fd', 'plot_dlm']
+           'boot_ratio', 'delta_table', 'final_glp', 'ladder_runs', 'FDRef', 'plot_fd', 'plot_dlm']
 
 # %% ../nbs/08_generation.ipynb #c006
-def gauss_stats(x) -> tuple[np.ndarray, np.ndarray]:
-    "(mean, covariance) of rows of `x` in float64."
-    x = torch.as_tensor(x).double()
+from contextlib import contextmanager
+
+@contextmanager
+def _one_thread():
+    "Run torch linear algebra on one thread (LAPACK eigensolvers thrash on contended cores)."
+    old = torch.get_num_threads(); torch.set_num_threads(1)
+    try: yield
+    finally: torch.set_num_threads(old)
+
+def gauss_stats(x) -> tuple[torch.Tensor, torch.Tensor]:
+    "(mean, covariance) of the rows of `x`, float64."
+    x = torch.as_tensor(x).detach().cpu().double()
     if x.ndim != 2 or len(x) < 2: raise ValueError(f"gauss_stats: need a 2-D sample with >= 2 rows, got shape {tuple(x.shape)}")
-    mu = x.mean(0)
-    xc = x - mu
-    return mu.numpy(), (xc.T @ xc / (len(x) - 1)).numpy()
+    mu = x.mean(0); xc = x - mu
+    return mu, xc.T @ xc / (len(x) - 1)
 
 def _sqrt_psd(s):
-    w, V = np.linalg.eigh(s)
-    return (V * np.sqrt(np.clip(w, 0, None))) @ V.T
+    w, V = torch.linalg.eigh(s)
+    return (V * w.clamp_min(0).sqrt()) @ V.T
 
 def trace_sqrt_product(s1, s2, method: str = "eigh") -> float:
     "tr((s1 s2)^(1/2)) for covariance matrices s1, s2."
+    s1, s2 = torch.as_tensor(s1).double(), torch.as_tensor(s2).double()
     if method == "eigh":
-        r = _sqrt_psd(s1)
-        return float(np.sqrt(np.clip(np.linalg.eigvalsh(r @ s2 @ r), 0, None)).sum())
+        with _one_thread():
+            r = _sqrt_psd(s1)
+            m = r @ s2 @ r
+            return float(torch.linalg.eigvalsh((m + m.T) / 2).clamp_min(0).sqrt().sum())
     if method == "sqrtm":
         from scipy import linalg
-        m = linalg.sqrtm(s1 @ s2)
-        if not np.isfinite(m).all():  # clean-fid: regularize a singular product
-            off = np.eye(len(s1)) * 1e-6
-            m = linalg.sqrtm((s1 + off) @ (s2 + off))
+        from threadpoolctl import threadpool_limits
+        a, b = s1.numpy(), s2.numpy()
+        with threadpool_limits(1):
+            m = linalg.sqrtm(a @ b)
+            if not np.isfinite(m).all():  # clean-fid: regularize a singular product
+                off = np.eye(len(a)) * 1e-6
+                m = linalg.sqrtm((a + off) @ (b + off))
         if np.iscomplexobj(m):
             if np.abs(m.imag).max() > 1e-3 * max(1.0, np.abs(m.real).max()):
                 raise ValueError(f"sqrtm: imaginary component {np.abs(m.imag).max():.3g} too large")
@@ -50,8 +64,9 @@ def trace_sqrt_product(s1, s2, method: str = "eigh") -> float:
 
 def frechet_from_stats(mu1, s1, mu2, s2, method: str = "eigh") -> float:
     "Fréchet distance between Gaussians N(mu1, s1) and N(mu2, s2)."
-    d = np.asarray(mu1) - np.asarray(mu2)
-    fd = float(d @ d + np.trace(s1) + np.trace(s2) - 2 * trace_sqrt_product(s1, s2, method))
+    mu1, s1, mu2, s2 = (torch.as_tensor(a).double() for a in (mu1, s1, mu2, s2))
+    d = mu1 - mu2
+    fd = float(d @ d + s1.trace() + s2.trace()) - 2 * trace_sqrt_product(s1, s2, method)
     return max(fd, 0.0)
 
 def frechet_distance(x, y, method: str = "eigh") -> float:
@@ -69,33 +84,36 @@ class PCA:
         self.std = x.std(0).clamp_min(1e-12) if std is None else torch.as_tensor(std).double().clamp_min(1e-12)
         xn = (x - self.mean) / self.std
         self.center = xn.mean(0)
-        _, sv, Vt = torch.linalg.svd(xn - self.center, full_matrices=False)
-        self.V = Vt.T                      # [d, r] components, by decreasing variance
-        self.var = sv ** 2 / (len(x) - 1)
+        xc = xn - self.center
+        with _one_thread(): w, V = torch.linalg.eigh(xc.T @ xc / (len(x) - 1))
+        self.var, self.V = w.flip(0).clamp_min(0), V.flip(1)      # [d, d] components by decreasing variance
         self.k = self.V.shape[1]
 
-    def coef(self, x): return ((torch.as_tensor(x).double() - self.mean) / self.std - self.center) @ self.V
+    def std_(self, x): return (torch.as_tensor(x).detach().cpu().double() - self.mean) / self.std
+    def coef(self, x): return (self.std_(x) - self.center) @ self.V
 
     def recon(self, x, k: Optional[int] = None):
         "Raw reconstruction of raw `x` from its first `k` components (default self.k)."
         k = self.k if k is None else k
         c = self.coef(x)[:, :k]
-        return ((c @ self.V[:, :k].T + self.center) * self.std + self.mean).float()
+        return ((c @ self.V[:, :k].T + self.center) * self.std + self.mean).float().to(torch.as_tensor(x).device)
 
-    def fvu_curve(self, x) -> np.ndarray:
-        "Raw FVU of `x` for k = 0 .. r components (one pass)."
-        x = torch.as_tensor(x).double()
+    def fvu_curve(self, x, space: str = "std") -> np.ndarray:
+        "FVU of `x` ('std': in the standardized space; 'raw': in raw space) for k = 0 .. d components."
+        x = torch.as_tensor(x).detach().cpu().double()
         C = self.coef(x)
+        if space == "std":
+            xn = self.std_(x)
+            e = (C ** 2).sum(0).flip(0).cumsum(0).flip(0)
+            return (torch.cat([e, torch.zeros(1, dtype=e.dtype)]) / ((xn - xn.mean(0)) ** 2).sum()).numpy()
+        if space != "raw": raise ValueError(f"space must be 'std' or 'raw', not {space!r}")
         H = (C.T @ C) * (self.V.T @ torch.diag(self.std ** 2) @ self.V)
         tail = H.flip(0, 1).cumsum(0).cumsum(1).flip(0, 1).diagonal()
-        resid = (x - self.mean) / self.std - self.center - C @ self.V.T     # outside the span (r < d)
-        base = ((resid * self.std) ** 2).sum()
-        err = torch.cat([tail, torch.zeros(1, dtype=tail.dtype)]) + base
-        return (err / ((x - x.mean(0)) ** 2).sum()).numpy()
+        return (torch.cat([tail, torch.zeros(1, dtype=tail.dtype)]) / ((x - x.mean(0)) ** 2).sum()).numpy()
 
-    def match_fvu(self, x, target: float) -> int:
-        "Smallest k whose raw FVU on `x` is <= `target` (sets and returns self.k)."
-        curve = self.fvu_curve(x)
+    def match_fvu(self, x, target: float, space: str = "std") -> int:
+        "Smallest k whose FVU on `x` is <= `target` (sets and returns self.k)."
+        curve = self.fvu_curve(x, space)
         ok = np.nonzero(curve <= target)[0]
         self.k = int(ok[0]) if len(ok) else len(curve) - 1
         return self.k
@@ -172,22 +190,49 @@ def ladder_runs(P: Profile) -> list[str]:
     return sorted(runs, key=lambda s: int(s.split("_")[1]) if s.split("_")[1].isdigit() else 1 << 30)
 
 # %% ../nbs/08_generation.ipynb #c024
-def plot_fd(rows: dict, steps: dict, lower: float, sae: Optional[float] = None):
-    "Bar chart of FD per row (name -> value) and FD vs sampling steps of the main GLP."
-    import matplotlib.pyplot as plt
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw=dict(width_ratios=[1.3, 1]))
+class FDRef:
+    "FD of samples against a fixed reference `ref`, raw and standardized with (`mean`, `std`)."
+    def __init__(self, ref, mean, std, massive_norm: Optional[float] = None):
+        self.mean, self.std, self.massive = torch.as_tensor(mean).double(), torch.as_tensor(std).double(), massive_norm
+        self.n = len(ref)
+        self.raw, self.z = gauss_stats(ref), gauss_stats(self.zs(ref))
+
+    def zs(self, x): return (torch.as_tensor(x).detach().cpu().double() - self.mean) / self.std
+
+    def massive_frac(self, x) -> Optional[float]:
+        if self.massive is None: return None
+        return float((torch.as_tensor(x).detach().cpu().double().norm(dim=1) > self.massive).double().mean())
+
+    def __call__(self, x) -> dict:
+        "dict(raw, std, massive_frac) for sample `x` (same size as the reference)."
+        if len(x) != self.n: raise ValueError(f"FDRef: sample has {len(x)} rows, the reference {self.n}; FD needs equal counts")
+        return dict(raw=frechet_from_stats(*gauss_stats(x), *self.raw), std=frechet_from_stats(*gauss_stats(self.zs(x)), *self.z),
+                    massive_frac=self.massive_frac(x))
+
+# %% ../nbs/08_generation.ipynb #c027
+def _bars(ax, rows: dict, key: str, title: str):
     names = list(rows)
     col = ["0.6" if n.startswith("lower") else "tab:orange" if n.startswith("SAE") else "tab:purple" if n.startswith("PCA")
-           else "tab:blue" for n in names]
-    a.bar(range(len(names)), [rows[n] for n in names], color=col)
-    a.set_xticks(range(len(names)), names, rotation=30, ha="right"); a.set_ylabel("Fréchet distance (raw activations)")
-    a.set_title("Generation quality (lower is better)")
+           else "tab:blue" if n.startswith("GLP") else "tab:cyan" for n in names]
+    ax.bar(range(len(names)), [rows[n][key] for n in names], color=col)
+    ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
+    ax.set_title(title, fontsize=10)
+
+def plot_fd(rows: dict, steps: dict, lower: dict):
+    "FD bars (raw and standardized; rows: name -> dict(raw, std)) and FD / lower bound vs sampling steps of the main GLP."
+    import matplotlib.pyplot as plt
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4.2), gridspec_kw=dict(width_ratios=[1.2, 1.2, 1]))
+    _bars(a, rows, "raw", "FD, raw activations (paper's protocol)"); a.set_ylabel("Fréchet distance")
+    _bars(b, rows, "std", "FD, standardized activations")
     ks = sorted(steps)
-    b.plot(ks, [steps[k] for k in ks], "o-", color="tab:blue", label="GLP samples")
-    b.axhline(lower, color="0.5", ls="--", label="lower bound (train vs val)")
-    if sae is not None: b.axhline(sae, color="tab:orange", ls=":", label="SAE reconstruction")
-    b.set_xscale("log"); b.set_xlabel("Euler sampling steps"); b.set_ylabel("Fréchet distance"); b.legend(fontsize=8)
-    b.set_title("Sampling-steps ablation (main GLP)")
+    for key, st in (("raw", "o-"), ("std", "s--")):
+        c.plot(ks, [steps[k][key] / lower[key] for k in ks], st, color="tab:blue", label=f"GLP samples, {key}")
+    for name, r in rows.items():
+        if name.startswith("SAE"): c.plot(ks, [r["std"] / lower["std"]] * len(ks), ":", color="tab:orange", label="SAE reconstruction, std")
+    c.axhline(1, color="0.5", lw=1, label="lower bound (train vs val)")
+    c.set_xscale("log"); c.set_yscale("log"); c.set_xlabel("Euler sampling steps"); c.set_ylabel("FD / lower bound")
+    c.set_title("Sampling-steps ablation (main GLP)", fontsize=10)
+    c.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
     fig.tight_layout()
     return fig
 
@@ -198,7 +243,7 @@ def plot_dlm(tab: dict, names: Sequence[str]):
     m = [tab[n]["mean"] for n in names]
     err = [[tab[n]["mean"] - tab[n]["lo"] for n in names], [tab[n]["hi"] - tab[n]["mean"] for n in names]]
     ax.bar(names, m, yerr=err, capsize=5, color=["tab:blue", "tab:orange", "tab:purple"][:len(names)])
-    ax.set_ylabel("ΔLM loss (nats / token)"); ax.set_title("Splicing reconstructions into the LLM (lower is better)")
+    ax.set_ylabel("ΔLM loss (nats / token)"); ax.set_title("Splicing reconstructions into the LLM (lower is better)", fontsize=10)
     ax.axhline(0, color="k", lw=0.8)
     fig.tight_layout()
     return fig

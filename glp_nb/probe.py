@@ -20,7 +20,7 @@ __all__ = ['MASTER', 'N_TEST', 'MAX_TRAIN', 'MIN_TRAIN', 'CV', 'METHODS', 'LABEL
            'left_truncate', 'last_token_acts', 'cache_path', 'task_acts', 'glp_features', 'sae_features',
            'feature_sets', 'glp_block', 'auc_cols', 'fit_1d', 'prefilter', 'probe_1d', 'one_d', 'sklearn_1d',
            'dense_probe', 'md_table', 'jsonable_records', 'bootstrap_ci', 'paired_diff_ci', 'probe_feats',
-           'result_rows', 'checkpoints', 'final_glp_path', 'load_artefacts', 'check_labelled', 'probe_texts',
+           'result_rows', 'ckpt_acts', 'final_glp_path', 'load_artefacts', 'check_labelled', 'probe_texts',
            'profile_tasks', 'gather', 'probe_tasks', 'summarize']
 
 # %% ../nbs/10_probing.ipynb #c006
@@ -92,8 +92,9 @@ def split(y, seed: int = 42, n_test: int = N_TEST, max_train: int = MAX_TRAIN) -
     for v, idx in ((0, neg), (1, pos)):
         if len(idx) < 2 * CV: raise ValueError(f"label {v} has only {len(idx)} row(s); need at least {2 * CV} of each class")
     k1 = math.ceil(n_train / 2); k0 = n_train - k1
-    if k1 > 0.8 * len(pos) or k0 > 0.8 * len(neg):  # imbalanced data: balanced train, at most 80% of the rarer class
-        k1 = k0 = int(min(k1, 0.8 * len(pos), 0.8 * len(neg)))
+    keep = lambda n: n - max(2 * CV, math.ceil(0.05 * n))           # rows of a class that may go to train
+    if k1 > keep(len(pos)) or k0 > keep(len(neg)):                  # imbalanced data: smaller balanced train
+        k1 = k0 = min(k1, keep(len(pos)), keep(len(neg)))
     rng = np.random.RandomState(seed)
     tr = np.concatenate([rng.choice(pos, k1, replace=False), rng.choice(neg, k0, replace=False)])
     return rng.permutation(tr), np.setdiff1d(np.arange(n), tr)
@@ -203,18 +204,14 @@ def glp_block(glp, feature: int) -> int:
 # %% ../nbs/10_probing.ipynb #c022
 def auc_cols(x, y) -> np.ndarray:
     "ROC-AUC of each column of `x` [n, f] as a score for binary `y` [n], ties counted 1/2."
-    x = torch.as_tensor(np.asarray(x), dtype=torch.float64)
+    from scipy.stats import rankdata
+    x = np.asarray(x, np.float64)
     if x.ndim == 1: x = x[:, None]
-    yb = torch.as_tensor(np.asarray(y)).bool()
+    yb = np.asarray(y).astype(bool)
     n1 = int(yb.sum()); n0 = len(yb) - n1
     if n1 == 0 or n0 == 0: raise ValueError("AUC needs both classes in y")
-    xs, order = x.sort(0)
-    new = torch.ones_like(xs, dtype=torch.bool); new[1:] = xs[1:] != xs[:-1]
-    gid = new.long().cumsum(0) - 1                                   # tie group of each sorted entry
-    pos = torch.arange(1, len(x) + 1, dtype=torch.float64)[:, None].expand_as(xs)
-    avg = torch.zeros_like(xs).scatter_add_(0, gid, pos) / torch.zeros_like(xs).scatter_add_(0, gid, torch.ones_like(xs)).clamp(min=1)
-    ranks = torch.empty_like(xs).scatter_(0, order, avg.gather(0, gid))
-    return ((ranks[yb].sum(0) - n1 * (n1 + 1) / 2) / (n1 * n0)).numpy()
+    ranks = rankdata(x, axis=0, method="average")                    # tied values share their average rank
+    return (ranks[yb].sum(0) - n1 * (n1 + 1) / 2) / (n1 * n0)
 
 # %% ../nbs/10_probing.ipynb #c025
 def _loss_1d(z, y, w, b, lam):
@@ -222,11 +219,12 @@ def _loss_1d(z, y, w, b, lam):
     return (torch.nn.functional.softplus(s) - y[None, :, None] * s).mean(1) + lam * w ** 2 / 2
 
 def fit_1d(z, y, Cs, max_iter: int = 100, gtol: float = 1e-10) -> tuple[torch.Tensor, torch.Tensor]:
-    "Exact L2 logistic regressions of `y` on each single column of `z` [n, f], one per C: (w, b) float64 [len(Cs), f]."
+    "Exact L2 logistic regressions of `y` on each single column of `z` [n, f]: (w, b) float64 [c, f] for `Cs` [c] or [c, f]."
     z = torch.as_tensor(np.asarray(z), dtype=torch.float64); y = torch.as_tensor(np.asarray(y), dtype=torch.float64)
     n, f = z.shape
-    lam = (1.0 / (torch.as_tensor(Cs, dtype=torch.float64) * n))[:, None]   # [c, 1]
-    w = torch.zeros(len(lam), f, dtype=torch.float64); b = torch.zeros_like(w)
+    C = torch.as_tensor(np.asarray(Cs, np.float64))
+    lam = 1.0 / (C.reshape(len(C), -1) * n)                          # [c, 1] or [c, f]
+    w = torch.zeros(lam.shape[0], f, dtype=torch.float64); b = torch.zeros_like(w)
     loss = _loss_1d(z, y, w, b, lam)
     for _ in range(max_iter):
         p = torch.sigmoid(z[None] * w[:, None] + b[:, None]); r = p - y[None, :, None]; s = p * (1 - p)
@@ -236,9 +234,9 @@ def fit_1d(z, y, Cs, max_iter: int = 100, gtol: float = 1e-10) -> tuple[torch.Te
         det = hww * hbb - hwb ** 2
         dw = (hbb * gw - hwb * gb) / det; db = (hww * gb - hwb * gw) / det
         step = torch.ones_like(w)
-        for _ in range(60):                                          # backtracking: halve steps that do not decrease the loss
+        for _ in range(60):                                          # backtracking: halve steps that increase the loss
             new = _loss_1d(z, y, w - step * dw, b - step * db, lam)
-            bad = new > loss
+            bad = new > loss + 1e-13                                 # (slack: at the optimum rounding noise is ~1e-16)
             if not bad.any(): break
             step = torch.where(bad, step / 2, step)
         w, b = w - step * dw, b - step * db
@@ -248,9 +246,9 @@ def fit_1d(z, y, Cs, max_iter: int = 100, gtol: float = 1e-10) -> tuple[torch.Te
 # %% ../nbs/10_probing.ipynb #c028
 def prefilter(x_train, y_train, k: int) -> np.ndarray:
     "Indices of the `k` features with the largest |class-mean difference| on the train rows (largest first)."
-    x = torch.as_tensor(np.asarray(x_train), dtype=torch.float64); y = torch.as_tensor(np.asarray(y_train)).bool()
-    diff = (x[y].mean(0) - x[~y].mean(0)).abs()
-    return torch.argsort(diff, descending=True, stable=True)[:k].numpy()
+    x = np.asarray(x_train, np.float64); y = np.asarray(y_train).astype(bool)
+    diff = np.abs(x[y].mean(0) - x[~y].mean(0))
+    return np.argsort(-diff, kind="stable")[:k]
 
 def _folds(y, cv: int = CV):
     from sklearn.model_selection import StratifiedKFold
@@ -260,31 +258,48 @@ def _standardize(x_train, x_test):
     mu = x_train.mean(0); sd = x_train.std(0); sd[sd == 0] = 1.0
     return (x_train - mu) / sd, (x_test - mu) / sd
 
+def _cov_sign(z, y) -> np.ndarray:
+    "sign(cov(z, y)) per column: the sign of every C's exact 1-D logistic-regression weight."
+    return np.sign(((y - y.mean())[:, None] * z).mean(0))
+
+def _stuck(z, y, w, b, C, tol):
+    "Where L-BFGS started at (w, b) stops at once: max |gradient| <= tol (per column)."
+    p = 1.0 / (1.0 + np.exp(-(z * w + b)))
+    r = p - y[:, None]
+    return np.maximum(np.abs((r * z).mean(0) + w / (C * len(y))), np.abs(r.mean(0))) <= tol
+
 def probe_1d(x_train, y_train, x_test, y_test, Cs=ProbeCfg.Cs, cv: int = CV, tol: float = 1e-4) -> dict:
-    "The authors' per-feature StandardScaler + LogisticRegressionCV, for every column at once: val_auc, test_auc, C, coef [f]."
+    "The authors' per-feature StandardScaler + LogisticRegressionCV, for every column at once: val_auc, test_auc, C, sign [f]."
     xtr, xte = _standardize(np.asarray(x_train, np.float64), np.asarray(x_test, np.float64))
-    ytr, yte = np.asarray(y_train), np.asarray(y_test)
-    Cs = np.asarray(Cs, np.float64); f = xtr.shape[1]
-    scores, ws, bs = np.zeros((cv, len(Cs), f)), np.zeros((cv, len(Cs), f)), np.zeros((cv, len(Cs), f))
-    for k, (tr, va) in enumerate(_folds(ytr, cv)):
-        w, b = fit_1d(xtr[tr], ytr[tr], Cs)
-        g0 = np.maximum(np.abs(((0.5 - ytr[tr])[:, None] * xtr[tr]).mean(0)), abs((0.5 - ytr[tr]).mean()))
-        stuck = torch.as_tensor(g0 <= tol)                            # L-BFGS never leaves w = b = 0
-        w, b = torch.where(stuck, 0.0, w), torch.where(stuck, 0.0, b)
-        a = auc_cols(xtr[va], ytr[va])
-        scores[k] = 0.5 + np.sign(w.numpy()) * (a - 0.5)
-        ws[k], bs[k] = w.numpy(), b.numpy()
+    ytr, yte = np.asarray(y_train, np.float64), np.asarray(y_test)
+    Cs = np.asarray(Cs, np.float64); f = xtr.shape[1]; cols = np.arange(f)
+    folds = _folds(ytr, cv)
+    scores, stuck = np.zeros((cv, len(Cs), f)), np.zeros((cv, f), bool)
+    for k, (tr, va) in enumerate(folds):
+        stuck[k] = _stuck(xtr[tr], ytr[tr], 0.0, 0.0, np.inf, tol)          # gradient at w = b = 0 (no penalty term there)
+        sgn = np.where(stuck[k], 0.0, _cov_sign(xtr[tr], ytr[tr]))
+        scores[k] = 0.5 + sgn * (auc_cols(xtr[va], ytr[va]) - 0.5)          # the same for every C
     mean = scores.mean(0)
-    best = mean.argmax(0); cols = np.arange(f)
-    wf, _ = fit_1d(xtr, ytr, Cs)
-    wf = wf.numpy()[best, cols]
-    w0, b0 = ws.mean(0)[best, cols], bs.mean(0)[best, cols]            # the refit's starting point
-    lam = 1.0 / (Cs[best] * len(ytr))
-    p = 1.0 / (1.0 + np.exp(-(xtr * w0 + b0)))
-    g = np.maximum(np.abs(((p - ytr[:, None]) * xtr).mean(0) + lam * w0), np.abs((p - ytr[:, None]).mean(0)))
-    wf = np.where(g <= tol, w0, wf)
-    test = 0.5 + np.sign(wf) * (auc_cols(xte, yte) - 0.5)
-    return dict(val_auc=mean[best, cols], test_auc=test, C=Cs[best], coef=wf)
+    best = mean.argmax(0); Cb = Cs[best]
+    full = _cov_sign(xtr, ytr)
+    fold_signs = np.stack([np.where(stuck[k], 0.0, _cov_sign(xtr[tr], ytr[tr])) for k, (tr, _) in enumerate(folds)])
+    # sklearn's refit starts at the mean (w0, b0) of the fold solutions. Where every moving fold agrees with `full`, w0 has
+    # the sign of `full` and the refit ends with that sign whether it moves or not; where all folds stuck, w0 = b0 = 0.
+    # Only the remaining columns (folds disagreeing: features without signal) need the actual fold solutions.
+    need = np.flatnonzero(~((fold_signs == full) | (fold_signs == 0)).all(0) & (fold_signs != 0).any(0))
+    w0, b0 = np.where((fold_signs != 0).any(0), full, 0.0), np.zeros(f)
+    if len(need):
+        ws = np.zeros((cv, len(need))); bs = np.zeros((cv, len(need)))
+        for k, (tr, _) in enumerate(folds):                                  # fold solutions at each column's best C
+            w, b = fit_1d(xtr[tr][:, need], ytr[tr], Cb[need][None])
+            ws[k], bs[k] = np.where(stuck[k, need], 0.0, w[0].numpy()), np.where(stuck[k, need], 0.0, b[0].numpy())
+        w0[need], b0[need] = ws.mean(0), bs.mean(0)
+    zero = (fold_signs == 0).all(0)                                          # all folds stuck: the refit starts at 0
+    check = np.union1d(need, np.flatnonzero(zero))
+    sign = full.copy()
+    sign[check] = np.where(_stuck(xtr[:, check], ytr, w0[check], b0[check], Cb[check], tol), np.sign(w0[check]), full[check])
+    test = 0.5 + sign * (auc_cols(xte, yte) - 0.5)
+    return dict(val_auc=mean[best, cols], test_auc=test, C=Cb, sign=sign)
 
 def one_d(x, y, train, test, cfg: ProbeCfg) -> dict:
     "Prefilter the top-k features on train, 1-D probe each, pick the best by CV AUC: the task's result for one feature set."
@@ -293,7 +308,7 @@ def one_d(x, y, train, test, cfg: ProbeCfg) -> dict:
     r = probe_1d(x[train][:, top], y[train], x[test][:, top], y[test], cfg.Cs)
     i = int(np.argmax(r["val_auc"]))
     return dict(feature=int(top[i]), val_auc=float(r["val_auc"][i]), test_auc=float(r["test_auc"][i]), C=float(r["C"][i]),
-                sign=int(np.sign(r["coef"][i])), top=top, val_aucs=r["val_auc"], test_aucs=r["test_auc"])
+                sign=int(r["sign"][i]), top=top, val_aucs=r["val_auc"], test_aucs=r["test_auc"])
 
 # %% ../nbs/10_probing.ipynb #c030
 def _lrcv(Cs, max_iter=1000):
@@ -375,20 +390,16 @@ def result_rows(name: str, res: dict, n_train: int, n_test: int, glp=None, **ext
     return rows
 
 # %% ../nbs/10_probing.ipynb #c041
-def _ckpt_acts(p: Path) -> int:
-    try: return int(p.name.split("_")[1])
-    except (IndexError, ValueError): return -1
-
-def checkpoints(folder) -> list[Path]:
-    "The `ckpt_<acts>` subfolders of a training run, by activations seen."
-    folder = Path(folder)
-    return sorted((p for p in folder.glob("ckpt_*") if p.is_dir() and _ckpt_acts(p) >= 0 and (p / "config.json").exists()), key=_ckpt_acts)
+def ckpt_acts(p) -> int:
+    "Activations seen by checkpoint folder `ckpt_<acts:012d>`."
+    try: return int(Path(p).name.split("_")[1])
+    except (IndexError, ValueError): raise ValueError(f"not a checkpoint folder name (ckpt_<acts>): {Path(p).name!r}") from None
 
 def final_glp_path(P: Profile) -> Path:
     "The last checkpoint of the profile's main GLP (error naming the path and notebook when there is none)."
-    from glp_nb.train import glp_dir
+    from glp_nb.train import glp_dir, list_ckpts
     d = glp_dir(P)
-    ck = checkpoints(d)
+    ck = list_ckpts(d)
     if not ck: raise FileNotFoundError(f"no GLP checkpoint (ckpt_<acts>/) under {d}: run nbs/05_train.ipynb for profile {P.name!r} first")
     return ck[-1]
 

@@ -8,13 +8,13 @@ import math, os, time, queue, shutil, threading, contextlib, functools
 from pathlib import Path
 from typing import Optional
 import numpy as np, pandas as pd, torch
-from .core import Profile, TrainCfg, data_dir, atomic_path, save_json, load_json, pbar, timer
+from .core import Profile, TrainCfg, data_dir, atomic_path, save_json, pbar, timer
 from .glp import make_glp, flow_loss, save_glp, load_glp
 
 # %% auto #0
-__all__ = ['glp_dir', 'lr_factor', 'make_scheduler', 'ckpt_steps', 'batch_stream', 'Prefetch', 'step_seed', 'batch_loss',
-           'HeldOut', 'ckpt_name', 'list_ckpts', 'save_ckpt', 'load_state', 'train_glp', 'launch_cmd', 'RowDataset',
-           'loader_bench', 'matmul_flops', 'nn_dist', 'pca2']
+__all__ = ['glp_dir', 'lr_factor', 'make_scheduler', 'ckpt_steps', 'bits_to_f32', 'store_batches', 'batch_stream', 'Prefetch',
+           'step_seed', 'batch_loss', 'HeldOut', 'ckpt_name', 'list_ckpts', 'save_ckpt', 'load_state', 'train_glp',
+           'launch_cmd', 'RowDataset', 'loader_bench', 'matmul_flops', 'nn_dist', 'pca2']
 
 # %% ../nbs/05_train.ipynb #c006
 def glp_dir(P: Profile, run: str = "main") -> Path:
@@ -41,12 +41,40 @@ def ckpt_steps(total: int, n_ckpts: int) -> list[int]:
     return sorted({max(1, round(total / 2 ** k)) for k in range(max(1, n_ckpts))})
 
 # %% ../nbs/05_train.ipynb #c015
-def batch_stream(store, batch_size: int, seed: int = 0, epoch: int = 0, index: int = 0):
-    "Yield (epoch, index, batch) forever; epoch e is `store.batches(batch_size, seed, e)`; start at batch `index` of `epoch`."
-    while True:
-        k = -1
+def bits_to_f32(u16: np.ndarray) -> torch.Tensor:
+    "bf16 bit patterns (uint16) -> float32 tensor, exactly: the bf16 bits become the upper half of the fp32 bits."
+    return torch.from_numpy((np.ascontiguousarray(u16).astype(np.uint32) << 16).view(np.float32))
+
+def store_batches(store, batch_size: int, seed: int = 0, epoch: int = 0, rank: int = 0, world: int = 1, start: int = 0,
+                  mix: int = 2):
+    """One shuffled pass over `store` (drop_last) in Store.batches' order, from global batch `start` on; yields this process's
+    slice [batch_size // world, d] (rows rank*b:(rank+1)*b) of each global batch, as float32."""
+    if batch_size % world: raise ValueError(f"batch_size {batch_size} is not divisible by {world} processes")
+    b = batch_size // world
+    if not (hasattr(store, "shards") and hasattr(store, "path")):  # any other object with a .batches method
         for k, x in enumerate(store.batches(batch_size, seed=seed, epoch=epoch)):
-            if k >= index: yield epoch, k, x
+            if k >= start: yield x[rank * b:(rank + 1) * b]
+        return
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(store.shards))
+    groups = [order[i:i + max(1, mix)] for i in range(0, len(order), max(1, mix))]
+    seeds = rng.integers(0, 2 ** 63, len(groups))
+    carry, k = np.zeros((0, store.d), np.uint16), 0
+    for g, sd in zip(groups, seeds):
+        x = np.concatenate([carry] + [np.load(Path(store.path) / store.shards[j]["file"]) for j in g])
+        pos = np.concatenate([np.arange(len(carry)), len(carry) + np.random.default_rng(sd).permutation(len(x) - len(carry))])
+        nb = len(pos) // batch_size
+        for i in range(nb):
+            if k >= start: yield bits_to_f32(x[pos[i * batch_size + rank * b:i * batch_size + (rank + 1) * b]])
+            k += 1
+        carry = x[pos[nb * batch_size:]]
+
+# %% ../nbs/05_train.ipynb #c016
+def batch_stream(store, batch_size: int, seed: int = 0, epoch: int = 0, index: int = 0, rank: int = 0, world: int = 1):
+    "Yield (epoch, index, this process's slice of the batch) forever; epoch e is `store_batches(..., seed, e)`; start at batch `index` of `epoch`."
+    while True:
+        k = index - 1
+        for k, x in enumerate(store_batches(store, batch_size, seed, epoch, rank, world, start=index), start=index): yield epoch, k, x
         if k < 0: raise ValueError(f"store {getattr(store, 'path', store)} yields no batch of {batch_size} rows (it has {store.n})")
         epoch, index = epoch + 1, 0
 
@@ -81,24 +109,23 @@ class Prefetch:
     def __enter__(self): return self
     def __exit__(self, *a): self.close()
 
-# %% ../nbs/05_train.ipynb #c019
+# %% ../nbs/05_train.ipynb #c021
 def step_seed(seed: int, step: int) -> int:
     "Seed of global step `step`'s (t, noise) draw."
     return (seed * 1_000_003 + step * 7_919 + 1) % (2 ** 63)
 
 def batch_loss(model, normalizer, x_raw, step: int, seed: int, rank: int = 0, world: int = 1):
-    "Flow-matching loss of this process's slice of global batch `x_raw` (raw activations) at global step `step`."
-    B, d = x_raw.shape
-    if B % world: raise ValueError(f"global batch {B} is not divisible by the {world} processes")
+    "Flow-matching loss at global step `step` of `x_raw`, this process's slice (rank of world) of the global batch (raw activations)."
+    b, d = x_raw.shape
     dev = normalizer.mean.device
     g = torch.Generator(device=dev).manual_seed(step_seed(seed, step))
-    t = torch.rand(B, generator=g, device=dev)
-    noise = torch.randn(B, d, generator=g, device=dev)
-    b = B // world; sl = slice(rank * b, (rank + 1) * b)
-    x0 = normalizer.norm(x_raw[sl].to(dev, non_blocking=True))
+    t = torch.rand(b * world, generator=g, device=dev)             # the whole global batch's draws, then our slice
+    noise = torch.randn(b * world, d, generator=g, device=dev)
+    sl = slice(rank * b, (rank + 1) * b)
+    x0 = normalizer.norm(x_raw.to(dev, non_blocking=True))
     return flow_loss(model, x0, t=t[sl], noise=noise[sl])
 
-# %% ../nbs/05_train.ipynb #c022
+# %% ../nbs/05_train.ipynb #c024
 class HeldOut:
     "Fixed held-out set: normalized rows `x0` [n, d], timesteps `ts` [k], noise [k, n, d]."
     def __init__(self, x0, ts, noise): self.x0, self.ts, self.noise = x0, torch.as_tensor(ts, dtype=torch.float32), noise
@@ -132,11 +159,13 @@ class HeldOut:
         tgt = self.noise - self.x0[None]
         return ((tgt - tgt.mean((0, 1))) ** 2).mean().item()
 
-# %% ../nbs/05_train.ipynb #c025
-def _run_key(cfg: TrainCfg, B: int, total: int) -> dict:
-    "What must match for a checkpoint to be resumed by this run."
+# %% ../nbs/05_train.ipynb #c027
+def _run_key(cfg: TrainCfg, B: int, total: int, glp, store) -> dict:
+    "What must match for a checkpoint to be resumed by this run: schedule, optimizer, GLP shape, training store size."
+    den = glp.denoiser
     return dict(batch_size=B, total_steps=total, seed=cfg.seed, lr=cfg.lr, warmup_frac=cfg.warmup_frac,
-                warmup_start=cfg.warmup_start, final_lr_frac=cfg.final_lr_frac)
+                warmup_start=cfg.warmup_start, final_lr_frac=cfg.final_lr_frac, weight_decay=cfg.weight_decay, clip=cfg.clip,
+                glp=[int(getattr(den, k, 0)) for k in ("d_input", "d_model", "d_mlp", "depth")], store=[int(store.n), int(store.d)])
 
 def ckpt_name(acts: int) -> str: return f"ckpt_{acts:012d}"
 
@@ -159,7 +188,7 @@ def load_state(folder) -> dict:
     "The training state of a checkpoint (weights_only load)."
     return torch.load(Path(folder) / "state.pt", map_location="cpu", weights_only=True)
 
-# %% ../nbs/05_train.ipynb #c027
+# %% ../nbs/05_train.ipynb #c029
 def _accelerator():
     from accelerate import Accelerator
     return Accelerator(cpu=not torch.cuda.is_available())
@@ -168,8 +197,11 @@ def _write_metrics(rows, out):
     with atomic_path(Path(out) / "metrics.csv") as tmp: pd.DataFrame(rows).to_csv(tmp, index=False)
 
 def train_glp(P: Profile, train_store, val_store, out, glp=None, n_acts: Optional[int] = None, accelerator=None,
-              resume: bool = True, stop_step: Optional[int] = None, prefetch: int = 2, progress: bool = True, log=print):
-    "Train a GLP on `train_store` with `P.train`; checkpoints and metrics under `out`. Returns (glp, metrics DataFrame)."
+              resume: bool = True, stop_step: Optional[int] = None, prefetch: int = 4, progress: bool = True, log=print,
+              on_mismatch: str = "error"):
+    """Train a GLP on `train_store` with `P.train`; checkpoints and metrics under `out`. Returns (glp, metrics DataFrame).
+    Resumes from the last checkpoint in `out`; checkpoints of a run with other settings raise, or with `on_mismatch='restart'`
+    are deleted and training starts over."""
     cfg, out = P.train, Path(out)
     B, n_acts = cfg.batch_size, n_acts or cfg.n_acts
     if train_store.d != val_store.d: raise ValueError(f"train store has d={train_store.d} but validation store has d={val_store.d}")
@@ -177,15 +209,24 @@ def train_glp(P: Profile, train_store, val_store, out, glp=None, n_acts: Optiona
     acc = accelerator or _accelerator()
     rank, world, main, dev = acc.process_index, acc.num_processes, acc.is_main_process, acc.device
     if B % world: raise ValueError(f"batch_size {B} is not divisible by {world} processes")
-    total = max(1, math.ceil(n_acts / B)); ckpts = set(ckpt_steps(total, cfg.n_ckpts)); key = _run_key(cfg, B, total)
+    total = max(1, math.ceil(n_acts / B)); ckpts = set(ckpt_steps(total, cfg.n_ckpts))
     if glp is None:
         torch.manual_seed(cfg.seed)                     # the initialization is part of the run, like the data order
         glp = make_glp(train_store.d, P.glp, train_store.mean, train_store.var)
+    key = _run_key(cfg, B, total, glp, train_store)
     state, rows = None, []
+    if on_mismatch not in ("error", "restart"): raise ValueError(f"on_mismatch must be 'error' or 'restart', not {on_mismatch!r}")
     done = list_ckpts(out) if resume else []
+    if done and (old := load_state(done[-1])["key"]) != key:
+        if on_mismatch == "error":
+            raise ValueError(f"checkpoints in {out} come from another run {old} (this one: {key}); use another folder")
+        if acc.is_main_process:
+            log(f"{out} holds a run with other settings {old}; deleting it and starting over")
+            for p in [*out.glob("ckpt_*"), *out.glob(".ckpt_*.tmp")]: shutil.rmtree(p)
+            for f in ("metrics.csv", "model.safetensors", "config.json"): (out / f).unlink(missing_ok=True)
+        acc.wait_for_everyone(); done = []
     if done:
         state = load_state(done[-1])
-        if state["key"] != key: raise ValueError(f"checkpoints in {out} come from another run {state['key']} (this one: {key}); use another folder")
         glp.load_state_dict(load_glp(done[-1]).state_dict())
         rows = pd.read_csv(done[-1] / "metrics.csv").to_dict("records")
     glp.to(dev)
@@ -204,7 +245,8 @@ def train_glp(P: Profile, train_store, val_store, out, glp=None, n_acts: Optiona
     if main:
         log(f"training {total * B:,} activations = {total:,} steps of {B} = {total * B / train_store.n:.2f} epoch(s) of the "
             f"{train_store.n:,}-row store; {n_params:,} params; {world} process(es) on {dev}; "
-            f"constant-prediction held-out loss {const:.4f}" + (f"; resuming at step {step:,}" if step else ""))
+            f"constant-prediction held-out loss {const:.4f}"
+            + ("; already finished" if step == total else f"; resuming at step {step:,}" if step else ""))
 
     def evaluate():
         glp.denoiser.eval(); r = ho.loss(glp.denoiser); glp.denoiser.train(); return r
@@ -215,14 +257,14 @@ def train_glp(P: Profile, train_store, val_store, out, glp=None, n_acts: Optiona
     lsum, lcnt, t_data, t_step, t_wall = torch.zeros((), device=dev), 0, 0.0, 0.0, time.perf_counter()
     n_epochs = math.ceil(total * B / train_store.n)
     bar = pbar(total=total * B, desc=f"train ep {epoch + 1}/{n_epochs}", unit="act", initial=step * B, disable=not (progress and main))
-    stream = Prefetch(batch_stream(train_store, B, cfg.seed, epoch, index), prefetch) if step < total else iter(())
+    stream = Prefetch(batch_stream(train_store, B, cfg.seed, epoch, index, rank, world), prefetch) if step < total else iter(())
     model.train(); cur_ep = epoch
     try:
         while step < total and (stop_step is None or step < stop_step):
             t0 = time.perf_counter()
             ep, idx, x = next(stream)
             t1 = time.perf_counter()
-            with amp: loss = batch_loss(model, glp.normalizer, x, step, cfg.seed, rank, world)
+            with amp: loss = batch_loss(model, glp.normalizer, x, step, cfg.seed, rank, world)   # x: our slice
             opt.zero_grad(set_to_none=True)
             acc.backward(loss)
             if cfg.clip: acc.clip_grad_norm_(model.parameters(), cfg.clip)
@@ -256,7 +298,7 @@ def train_glp(P: Profile, train_store, val_store, out, glp=None, n_acts: Optiona
     df.attrs.update(const_loss=const, n_params=n_params, batch_size=B, total_steps=total)
     return glp, df
 
-# %% ../nbs/05_train.ipynb #c033
+# %% ../nbs/05_train.ipynb #c035
 def launch_cmd(script, n_procs: int = 2, *args) -> list[str]:
     "Command line that runs `script` in `n_procs` data-parallel processes via `accelerate launch` (CPU: gloo; GPU: one per device)."
     import socket, sys
@@ -265,7 +307,7 @@ def launch_cmd(script, n_procs: int = 2, *args) -> list[str]:
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
             str(script), *map(str, args)]
 
-# %% ../nbs/05_train.ipynb #c037
+# %% ../nbs/05_train.ipynb #c039
 class RowDataset(torch.utils.data.Dataset):
     "The naive loader: one row per item through `store.read(i, i + 1)`."
     def __init__(self, store): self.store = store
@@ -273,20 +315,25 @@ class RowDataset(torch.utils.data.Dataset):
     def __getitem__(self, i): return self.store.read(i, i + 1)[0]
 
 def loader_bench(store, batch_size: int, max_batches: int = 512, row_batches: int = 3, seed: int = 0) -> dict:
-    "Seconds per batch of `Store.batches` (cold, up to one epoch) vs a per-row Dataset + DataLoader; and their ratio."
+    "Seconds per batch of `store_batches` and `Store.batches` (cold, up to one epoch) vs a per-row Dataset + DataLoader."
     import itertools
-    with timer() as t: k = sum(1 for _ in itertools.islice(store.batches(batch_size, seed=seed), max_batches))
-    if not k: raise ValueError(f"store {getattr(store, 'path', store)} has fewer than {batch_size} rows")
-    fast = t.s / k
+    def per_batch(it):
+        with timer() as t: k = sum(1 for _ in itertools.islice(it, max_batches))
+        if not k: raise ValueError(f"store {getattr(store, 'path', store)} has fewer than {batch_size} rows")
+        return k, t.s / k
+    per_batch(store_batches(store, batch_size, seed=seed + 1))        # warm the page cache, so neither side pays the first read
+    k, fast = per_batch(store_batches(store, batch_size, seed=seed))
+    _, native = per_batch(store.batches(batch_size, seed=seed))
     dl = torch.utils.data.DataLoader(RowDataset(store), batch_size=batch_size, shuffle=True, drop_last=True,
                                      generator=torch.Generator().manual_seed(seed))
     with timer() as t: j = sum(1 for _ in itertools.islice(iter(dl), row_batches))
     row = t.s / j
-    return dict(batch_size=batch_size, fast_batches=k, fast_s=fast, row_batches=j, row_s=row, ratio=row / fast)
+    return dict(batch_size=batch_size, fast_batches=k, fast_s=fast, store_batches_s=native, row_batches=j, row_s=row,
+                ratio=row / fast)
 
-def matmul_flops(n: int = 2048, reps: int = 10, device="cpu") -> float:
-    "Measured fp32 matmul FLOP/s of `device` (best of `reps` n x n x n products)."
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def matmul_flops(n: int = 2048, reps: int = 10, device="cpu", dtype=torch.float32) -> float:
+    "Measured matmul FLOP/s of `device` in `dtype` (best of `reps` n x n x n products)."
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     torch.mm(a, b); sync(); best = float("inf")
     for _ in range(reps):

@@ -51,8 +51,10 @@ def test_local_files(tmp_path):
     j.write_text("\n".join(json.dumps({"id": f"x{i}", "text": f"{i} " + text}) for i in range(20)))
     got = list(docs(CorpusCfg(source=str(j), val_frac=0.5), "train")) + list(docs(CorpusCfg(source=str(j), val_frac=0.5), "val"))
     assert sorted(parent(d) for d, _ in got) == sorted(f"d.jsonl/x{i}" for i in range(20))
-    t = tmp_path / "one.txt"; t.write_text(text)
-    assert [parent(d) for d, _ in docs(CorpusCfg(source=str(t), val_frac=0.01), "train")] in ([], ["one.txt"])
+    t = tmp_path / "book.txt"; t.write_text("\n\n".join(f"Part {i}. " + text for i in range(200)))
+    cfg = CorpusCfg(source=str(t), max_chars=2000, val_frac=0.1)
+    tr, va = list(docs(cfg, "train")), list(docs(cfg, "val"))
+    assert tr and va and not {d for d, _ in tr} & {d for d, _ in va}
 
 def test_unknown_source():
     with pytest.raises(ValueError, match=r"unknown corpus source 'offlne'.*'offline'.*'fineweb'"):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 from glp_nb.core import GLPCfg, get_profile
-from glp_nb.evaluate import (gauss_stats, frechet_from_stats, frechet_distance, trace_sqrt_product, PCA, splice,
+from glp_nb.evaluate import (FDRef, gauss_stats, frechet_from_stats, frechet_distance, trace_sqrt_product, PCA, splice,
                              delta_lm, delta_table, boot_ratio, final_glp, ladder_runs)
 from glp_nb.models import tiny_llm, encode, pad
 
@@ -41,7 +41,7 @@ def test_fd_symmetric_and_methods_agree(gauss):
     assert ab == pytest.approx(ba, rel=1e-10) and ab > 1
     assert ab == pytest.approx(frechet_distance(A, B, method="sqrtm"), rel=1e-6)
     mu, s = gauss_stats(A)
-    np.testing.assert_allclose(s, np.cov(A.double().numpy().T), rtol=1e-10)
+    np.testing.assert_allclose(s.numpy(), np.cov(A.double().numpy().T), rtol=1e-10)
     assert trace_sqrt_product(s, s) == pytest.approx(np.trace(s), rel=1e-9)
 
 
@@ -53,12 +53,28 @@ def test_fd_requires_equal_counts(gauss):
 def test_pca_fvu_curve_and_match():
     g = torch.Generator().manual_seed(1)
     X = torch.randn(1200, 10, generator=g) @ torch.randn(10, 10, generator=g) * torch.logspace(0, 1, 10) - 3
-    pca = PCA(X[:900], X[:900].mean(0), X[:900].std(0))
-    c = pca.fvu_curve(X[900:])
-    tot = ((X[900:] - X[900:].mean(0)) ** 2).sum()
+    tr, te = X[:900], X[900:]
+    pca = PCA(tr, tr.mean(0), tr.std(0))
+    fvu = lambda a, b: float(((a - b) ** 2).sum() / ((a - a.mean(0)) ** 2).sum())
+    z = lambda a: (a - tr.mean(0)) / tr.std(0)
+    raw, std = pca.fvu_curve(te, "raw"), pca.fvu_curve(te)
     for k in (0, 3, 7, 10):
-        assert c[k] == pytest.approx(float(((X[900:] - pca.recon(X[900:], k)) ** 2).sum() / tot), rel=1e-5, abs=1e-7)
-    assert pca.match_fvu(X[900:], c[4]) == 4 and pca.k == 4
+        assert raw[k] == pytest.approx(fvu(te, pca.recon(te, k)), rel=1e-5, abs=1e-7)
+        assert std[k] == pytest.approx(fvu(z(te), z(pca.recon(te, k))), rel=1e-5, abs=1e-7)
+    assert (np.diff(std) <= 1e-12).all()                              # more components never hurt in the fitted space
+    assert pca.match_fvu(te, std[4]) == 4 and pca.k == 4
+    assert pca.match_fvu(te, raw[6] + 1e-12, space="raw") <= 6
+
+
+def test_fdref_matches_frechet_distance(gauss):
+    A, B = gauss
+    m, s = B.mean(0), B.std(0)
+    ref = FDRef(B, m, s, massive_norm=float(B.norm(dim=1).median()))
+    r = ref(A)
+    assert r["raw"] == pytest.approx(frechet_distance(A, B), rel=1e-9)
+    assert r["std"] == pytest.approx(frechet_distance((A - m) / s, (B - m) / s), rel=1e-6)  # float32 vs float64 standardization
+    assert ref(B)["massive_frac"] == pytest.approx(0.5, abs=1e-3)
+    with pytest.raises(ValueError, match="equal counts"): ref(A[:10])
 
 
 @pytest.fixture(scope="module")

@@ -33,6 +33,14 @@ def rand_acts(n, d=16, seed=0, rank=4):
     return torch.randn(n, rank, generator=h) @ A + 0.1 * torch.randn(n, d, generator=h) + mu
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    "Tiny models: one intra-op thread is as fast and far less sensitive to other jobs on the cores."
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):
     root = tmp_path_factory.mktemp("stores")
@@ -110,8 +118,8 @@ P = get_profile("smoke", **prof)
 tr, va = Store(root / "train"), Store(root / "val")
 torch.manual_seed(0); glp = make_glp(tr.d, P.glp, tr.mean, tr.var)
 model = acc.prepare_model(glp.denoiser)
-loss = batch_loss(model, glp.normalizer, tr.read(0, P.train.batch_size), step=5, seed=1,
-                  rank=acc.process_index, world=acc.num_processes)
+r, w = acc.process_index, acc.num_processes; b = P.train.batch_size // w   # each process: its half of the global batch
+loss = batch_loss(model, glp.normalizer, tr.read(r * b, (r + 1) * b), step=5, seed=1, rank=r, world=w)
 acc.backward(loss)
 if acc.is_main_process: torch.save([p.grad for p in glp.denoiser.parameters()], out / "grads.pt")
 train_glp(P, tr, va, out / "run", accelerator=acc, progress=False, log=lambda *a: None)
