@@ -101,7 +101,7 @@ class SAECfg:
 class ScalingCfg:
     "The GLP size ladder for the scaling law (C = 6 N D)."
     widths: tuple = ((32, 64, 1), (64, 128, 1), (128, 256, 2), (192, 384, 2), (320, 640, 2))   # (d_model, d_mlp, depth) per rung
-    n_acts: int = 500_000
+    n_acts: int = 600_000
     batch_size: int = 1024
     n_ckpts: int = 6
     lr: Optional[float] = None     # None = P.train.lr; short ladders need a larger lr than the paper's 1B-activation runs
@@ -196,7 +196,7 @@ PROFILES = {
         train=dict(lr=1e-3, batch_size=512, n_acts=40_000, n_ckpts=4, eval_every=20, eval_acts=2048),
         sample=dict(n_gen=500, pca_steps=(1, 4, 20)),
         sae=dict(expansion=4, k=16, batch_size=512, n_acts=16_384, lr=3e-3),
-        scaling=dict(widths=((32, 64, 1), (64, 128, 1), (128, 256, 2)), n_acts=16_384, batch_size=512, n_ckpts=3, lr=1e-3, n_boot=100),
+        scaling=dict(widths=((32, 64, 1), (64, 128, 1), (128, 256, 2)), n_acts=16_384, batch_size=512, n_ckpts=3, lr=3e-3, n_boot=100),
         eval=dict(fd_n=1000, fd_steps=(1, 4, 20), fd_ladder_steps=4, dlm_docs=8, dlm_len=64, n_boot=200),
         steer=dict(rs=(0.5, 1.5), n_prefixes=4, new_tokens=6, n_features=3, feature_prompts=1, n_boot=100, steps=4,
                    diffmean_n=100, heldout_n=100, context_docs=4, scaling_prefixes=3, scaling_ckpts=1, feature_freq=(0.001, 0.2)),
@@ -209,8 +209,8 @@ PROFILES = {
         train=dict(lr=1e-3, batch_size=1024, n_acts=2_000_000, eval_every=100),  # 05_train: lr 1e-3 for a ~2k-step run (5e-5 is for 244k steps)
         sae=dict(n_acts=512_000, lr=2e-3),       # 06_sae: 5-minute share at ~2.4k act/s (see 06_sae); GLP budget is 2M
         eval=dict(fd_n=4000, fd_steps=(1, 4, 20, 100), fd_ladder_steps=20, dlm_docs=64, dlm_len=128),  # 08: 6-minute share
-        scaling=dict(widths=((32, 64, 1), (64, 128, 1), (128, 256, 2), (192, 384, 2), (320, 640, 2)), n_acts=500_000,
-                     batch_size=1024, n_ckpts=6, lr=1e-3),
+        scaling=dict(widths=((32, 64, 1), (64, 128, 1), (128, 256, 2), (192, 384, 2), (320, 640, 2)), n_acts=600_000,
+                     batch_size=1024, n_ckpts=6, lr=3e-3),
         probe=dict(datasets=PROBE_CPU_TASKS, max_rows=500, max_len=128, n_boot=10_000),
         steer=dict(rs=(0.2, 0.6, 1.0, 1.4, 1.8, 2.0), n_prefixes=40, n_features=8, feature_prompts=3, diffmean_n=1000, heldout_n=500,
                    context_docs=40, scaling_prefixes=12, scaling_ckpts=2),  # 09: 10-minute share, see 09_steering's sizing note

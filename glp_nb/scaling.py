@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_scaling.ipynb #c003
 from __future__ import annotations
-import json, math, warnings
+import json, math, shutil, warnings
 from dataclasses import replace, asdict
 from pathlib import Path
 from typing import Optional, Sequence
@@ -177,16 +177,22 @@ def run_ladder(P: Profile, train_store, val_store, log=print, progress: bool = T
     for i, n in enumerate(ns):
         folder, spec = rung_dir(P, i), rung_spec(P, i, d)
         done = folder / "rung.json"
+        if done.exists() and load_json(done)["spec"] != json.loads(json.dumps(spec)):
+            log(f"rung {i}: {folder} was trained as {load_json(done)['spec']}, the profile now asks for {spec}: removing it and retraining")
+            shutil.rmtree(folder)
         if done.exists():
             old = load_json(done)
-            if old["spec"] != json.loads(json.dumps(spec)):
-                raise ValueError(f"{done}: rung {i} was trained as {old['spec']}, the profile now asks for {spec}; "
-                                 f"delete {folder} to retrain it")
             log(f"rung {i} {tuple(P.scaling.widths[i])}: {n:,} params, already trained ({old['seconds']:.0f} s, "
                 f"{old['act_s']:,.0f} act/s); skipped")
         else:
             log(f"rung {i} {tuple(P.scaling.widths[i])}: {n:,} params, training {spec['n_acts']:,} activations ...")
-            with timer() as t: _, m = train_glp(rung_profile(P, i), train_store, val_store, folder, progress=progress, log=log)
+            with timer() as t:
+                try: _, m = train_glp(rung_profile(P, i), train_store, val_store, folder, progress=progress, log=log)
+                except ValueError as e:
+                    if "another run" not in str(e): raise
+                    log(f"rung {i}: unfinished checkpoints in {folder} belong to another configuration: removing them and retraining")
+                    shutil.rmtree(folder)
+                    _, m = train_glp(rung_profile(P, i), train_store, val_store, folder, progress=progress, log=log)
             pts = rung_points(P, i, n, m)
             act_s = float(np.nanmedian(pts.act_s)) if pts.act_s.notna().any() else float("nan")
             save_json(dict(spec=spec, params=n, seconds=t.s, act_s=act_s, final_val_loss=float(pts.val_loss.iloc[-1])), done)

@@ -182,8 +182,16 @@ def test_run_ladder_trains_skips_and_refuses_changes(stores, tmp_path, monkeypat
     df2 = S.run_ladder(P, tr, va, progress=False, log=logs.append)
     assert len(logs) == 3 and all("skipped" in l for l in logs)
     pd.testing.assert_frame_equal(df, df2)
-    with pytest.raises(ValueError, match="delete"):
-        S.run_ladder(_tiny(lr=1e-3), tr, va, progress=False, log=lambda *a: None)
+    # a changed profile retrains the rungs it changes (the old folder is removed)
+    logs = []
+    df3 = S.run_ladder(_tiny(n_acts=4096), tr, va, progress=False, log=logs.append)
+    assert sum("retraining" in l for l in logs) == 3 and df3.acts.max() == 4096
+    assert json.loads((S.rung_dir(P, 0) / "rung.json").read_text())["spec"]["n_acts"] == 4096
+    # unfinished checkpoints of another configuration (no rung.json yet) are replaced too
+    (S.rung_dir(P, 1) / "rung.json").unlink()
+    logs = []
+    S.run_ladder(_tiny(n_acts=8192), tr, va, progress=False, log=logs.append)
+    assert sum("another configuration" in l for l in logs) == 1 and sum("was trained as" in l for l in logs) == 2
     with pytest.raises(ValueError, match="d=16 but validation store has d=8"):
         S.run_ladder(P, tr, Mem(torch.randn(64, 8)), progress=False, log=lambda *a: None)
     f = S.fit_power_law(df.flops, df.val_loss, n_boot=20)
