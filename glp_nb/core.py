@@ -33,6 +33,7 @@ class CorpusCfg:
     max_chars: int = 6000          # long texts are cut into passages of at most this many characters, at paragraph breaks
     min_chars: int = 200           # passages shorter than this are dropped
     seed: int = 42
+    stats_docs: Optional[int] = None   # 02_corpus tokenizes only this many passages per split for its statistics (None = all)
 
 @dataclass
 class HarvestCfg:
@@ -190,6 +191,7 @@ PROBE_CPU_TASKS = ("5_hist_fig_ismale", "21_headline_istrump", "36_sciq_tf", "41
 
 PROFILES = {
     "smoke": dict(
+        corpus=dict(stats_docs=300),
         harvest=dict(max_len=256, train_acts=24_000, val_acts=4_000, block_docs=16, shard_acts=8192, batch_tokens=4096,
                      bench_tokens=2048, pca_rows=8192),
         glp=dict(depth=2, d_model=256, d_mlp=512),
@@ -207,13 +209,13 @@ PROFILES = {
         harvest=dict(max_len=1024, train_acts=1_050_000, val_acts=60_000),
         glp=dict(depth=3, d_model=640, d_mlp=1280),
         train=dict(lr=1e-3, batch_size=1024, n_acts=2_000_000, eval_every=100),  # 05_train: lr 1e-3 for a ~2k-step run (5e-5 is for 244k steps)
-        sae=dict(n_acts=512_000, lr=2e-3),       # 06_sae: 5-minute share at ~2.4k act/s (see 06_sae); GLP budget is 2M
+        sae=dict(lr=2e-3),                       # 06_sae: the GLP's 2M budget, ~7 min at ~5k act/s (see 06_sae)
         eval=dict(fd_n=4000, fd_steps=(1, 4, 20, 100), fd_ladder_steps=20, dlm_docs=64, dlm_len=128),  # 08: 6-minute share
-        scaling=dict(widths=((32, 64, 1), (64, 128, 1), (128, 256, 2), (192, 384, 2), (320, 640, 2)), n_acts=600_000,
-                     batch_size=1024, n_ckpts=6, lr=3e-3),
+        scaling=dict(widths=((32, 64, 1), (64, 128, 1), (128, 256, 2), (192, 384, 2), (320, 640, 2)),
+                     n_acts=2_000_000, batch_size=1024, n_ckpts=6, lr=3e-3),   # 07: the main GLP's 2M budget per rung, ~9 min
         probe=dict(datasets=PROBE_CPU_TASKS, max_rows=500, max_len=128, n_boot=10_000),
-        steer=dict(rs=(0.2, 0.6, 1.0, 1.4, 1.8, 2.0), n_prefixes=40, n_features=8, feature_prompts=3, diffmean_n=1000, heldout_n=500,
-                   context_docs=40, scaling_prefixes=12, scaling_ckpts=2),  # 09: 10-minute share, see 09_steering's sizing note
+        steer=dict(rs=(0.2, 0.6, 1.0, 1.4, 1.8, 2.0), n_prefixes=100, n_features=50, feature_prompts=2, diffmean_n=1000, heldout_n=500,
+                   context_docs=40, scaling_prefixes=12, scaling_ckpts=2),  # 09: 15-minute share, see 09_steering's sizing note
     ),
     "gpu": dict(
         harvest=dict(max_len=2048, train_acts=50_000_000, val_acts=200_000, batch_tokens=65536, block_docs=512, shard_acts=1_000_000),

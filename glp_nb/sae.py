@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+import torch.nn.functional as F
 from .core import Profile, atomic_path, data_dir, save_json, load_json, pbar, timer, seed_everything, get_device
 
 # %% auto #0
@@ -75,16 +76,16 @@ def sae_loss(sae: TopKSAE, xn, dead=None, aux_k: int = 256):
     "(fvu, aux_fvu, active indices) for standardized batch `xn`; aux_fvu is 0 when no latent is `dead`."
     pre = sae.pre_acts(xn)
     v, i = pre.topk(sae.k, dim=-1)
-    z = torch.zeros_like(pre).scatter(-1, i, v.relu())
-    rec = z @ sae.W_dec + sae.b_pre
+    v = v.relu()
+    # decode only the k active rows: embedding_bag sums v-weighted decoder rows (the dense z @ W_dec, without the zeros)
+    rec = F.embedding_bag(i, sae.W_dec, per_sample_weights=v, mode="sum") + sae.b_pre
     loss = _fvu(xn - rec, xn)
     aux = torch.zeros((), device=xn.device)
     if dead is not None and dead.any():
         e = (xn - rec).detach()
         ka = min(aux_k, int(dead.sum()))
         va, ia = pre.masked_fill(~dead, float("-inf")).topk(ka, dim=-1)
-        za = torch.zeros_like(pre).scatter(-1, ia, va.relu())
-        aux = _fvu(e - za @ sae.W_dec, e)
+        aux = _fvu(e - F.embedding_bag(ia, sae.W_dec, per_sample_weights=va.relu(), mode="sum"), e)
     return loss, aux, i[v > 0]
 
 @torch.no_grad()
@@ -96,7 +97,7 @@ def _project_grad(sae):
 @torch.no_grad()
 def _renorm(sae): sae.W_dec /= sae.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
-# %% ../nbs/06_sae.ipynb #c013
+# %% ../nbs/06_sae.ipynb #c015
 def _budget(P: Profile, n_acts=None) -> int:
     return int(n_acts or P.sae.n_acts or P.train.n_acts)
 
@@ -145,7 +146,7 @@ def train_sae(P: Profile, train_store, out=None, n_acts: Optional[int] = None, s
         with atomic_path(Path(out) / "metrics.csv") as tmp: df.to_csv(tmp, index=False)
     return sae, df
 
-# %% ../nbs/06_sae.ipynb #c015
+# %% ../nbs/06_sae.ipynb #c017
 def sae_dir(P: Profile, run: str = "main") -> Path:
     "Where the profile's SAE lives: data_dir()/saes/<profile>/<run>."
     return data_dir() / "saes" / P.name / run
@@ -171,7 +172,7 @@ def load_sae(folder) -> TopKSAE:
     sae.load_state_dict(load_file(str(folder / "sae.safetensors")))
     return sae.eval()
 
-# %% ../nbs/06_sae.ipynb #c017
+# %% ../nbs/06_sae.ipynb #c019
 @torch.no_grad()
 def sae_metrics(sae: TopKSAE, x, batch_size: int = 4096) -> dict:
     "dict(fvu, fvu_std, l0, dead_frac, n) of `sae` on raw activations `x`."

@@ -15,8 +15,8 @@ from .train import train_glp, glp_dir, ckpt_steps
 
 # %% auto #0
 __all__ = ['PAPER_FIT', 'rung_profile', 'ladder_params', 'ladder_span', 'check_ladder', 'flops', 'power_law', 'r2',
-           'fit_power_law', 'rung_dir', 'rung_spec', 'rung_points', 'run_ladder', 'plot_scaling', 'scaling_report',
-           'fit_summary', 'paper_comparison']
+           'fit_power_law', 'rung_dir', 'rung_spec', 'rung_points', 'run_ladder', 'frontier', 'plot_scaling',
+           'scaling_report', 'fit_summary', 'paper_comparison']
 
 # %% ../nbs/07_scaling.ipynb #c006
 def rung_profile(P: Profile, i: int) -> Profile:
@@ -201,8 +201,17 @@ def run_ladder(P: Profile, train_store, val_store, log=print, progress: bool = T
     return pd.concat(out, ignore_index=True)
 
 # %% ../nbs/07_scaling.ipynb #c027
-def plot_scaling(df: pd.DataFrame, fit: dict, paper: bool = False):
-    "Loss vs compute per rung (lines through checkpoints), the fitted law dashed, residuals below. Returns the figure."
+def frontier(df: pd.DataFrame) -> np.ndarray:
+    "Mask of the compute frontier: points whose loss is below that of every point (any rung) with less or equal compute."
+    order = np.argsort(df.flops.to_numpy(), kind="stable")
+    L = df.val_loss.to_numpy()[order]
+    best = np.minimum.accumulate(np.concatenate([[np.inf], L[:-1]]))
+    mask = np.zeros(len(df), bool); mask[order] = L < best
+    return mask
+
+# %% ../nbs/07_scaling.ipynb #c029
+def plot_scaling(df: pd.DataFrame, fit: dict, paper: bool = False, front=None, fit_all: Optional[dict] = None):
+    "Loss vs compute per rung (lines through checkpoints), the fitted law dashed (ringed: the `front` points it was fitted on), residuals below."
     import matplotlib.pyplot as plt
     fig, (ax, rx) = plt.subplots(2, 1, figsize=(7, 6.2), sharex=True, gridspec_kw=dict(height_ratios=[3, 1], hspace=0.06))
     rungs = sorted(df.rung.unique())
@@ -215,8 +224,14 @@ def plot_scaling(df: pd.DataFrame, fit: dict, paper: bool = False):
         rx.plot(g.flops, np.log(g.val_loss) - np.log(power_law(g.flops, fit["E"], fit["A"], fit["alpha"])), "o-", color=c, ms=3, lw=1)
     lo, hi = df.flops.min(), df.flops.max()
     xs = np.logspace(np.log10(lo) - 0.15, np.log10(hi) + 0.15, 200)
+    if front is not None:
+        f_ = df[np.asarray(front, bool)]
+        ax.plot(f_.flops, f_.val_loss, "o", mfc="none", mec="k", ms=8, mew=1.2, label=f"compute frontier ({len(f_)} points, fitted)")
     ax.plot(xs, power_law(xs, fit["E"], fit["A"], fit["alpha"]), "--", color="crimson", lw=1.8,
             label=f"fit: L = {fit['E']:.3f} + {fit['A']:.3g}·C$^{{-{fit['alpha']:.3f}}}$  (R² = {fit['r2']:.3f})")
+    if fit_all is not None:
+        ax.plot(xs, power_law(xs, fit_all["E"], fit_all["A"], fit_all["alpha"]), ":", color="0.4", lw=1.2,
+                label=f"fit to all {fit_all['n_points']} points (R² = {fit_all['r2']:.3f})")
     if paper:
         ax.plot(xs, power_law(xs, **PAPER_FIT), ":", color="gray", lw=1.2,
                 label=f"paper: L = {PAPER_FIT['E']} + {PAPER_FIT['A']}·C$^{{-{PAPER_FIT['alpha']}}}$")
@@ -227,11 +242,13 @@ def plot_scaling(df: pd.DataFrame, fit: dict, paper: bool = False):
     rx.grid(alpha=0.3, which="both")
     return fig
 
-# %% ../nbs/07_scaling.ipynb #c030
-def scaling_report(df: pd.DataFrame, fit: dict) -> dict:
-    "JSON-ready summary: fit (E, A, alpha with errors, R²), the paper's fit, and the points."
+# %% ../nbs/07_scaling.ipynb #c032
+def scaling_report(df: pd.DataFrame, fit: dict, fit_all: Optional[dict] = None, front=None) -> dict:
+    "JSON-ready summary: fit (E, A, alpha with errors, R²), the all-points fit, the paper's fit, and the points (with their frontier flag)."
     pts = df[["rung", "d_model", "d_mlp", "depth", "params", "acts", "flops", "val_loss"]]
-    return dict(fit=fit, paper=PAPER_FIT, points=pts.to_dict("records"),
+    if front is not None: pts = pts.assign(frontier=np.asarray(front, bool))
+    return dict(fit=fit, fit_on="compute frontier" if front is not None else "all points", fit_all=fit_all, paper=PAPER_FIT,
+                points=pts.to_dict("records"),
                 rungs=df.groupby("rung").agg(params=("params", "first"), act_s=("act_s", "median")).reset_index().to_dict("records")
                 if "act_s" in df.columns else [])
 
@@ -244,7 +261,7 @@ def fit_summary(fit: dict) -> str:
             f"  A     = {f['A']:.4g} ± {f['A_se']:.3g} (bootstrap 95% CI {f['A_ci'][0]:.3g}..{f['A_ci'][1]:.3g});  paper 435.1\n"
             f"  R² = {f['r2']:.4f} (on L), {f['r2_log']:.4f} (on log L); the reducible loss halves every {f['halving']:.3g}x compute (paper: 60x)")
 
-# %% ../nbs/07_scaling.ipynb #c031
+# %% ../nbs/07_scaling.ipynb #c033
 def paper_comparison(fit: dict, df: pd.DataFrame) -> str:
     "Our alpha and E next to the paper's, and why they differ."
     f, dec = fit, np.log10(fit["C_range"][1] / fit["C_range"][0])
