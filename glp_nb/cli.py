@@ -112,6 +112,12 @@ def render_results(figs: Path, timings: Path | None = None) -> str:
                 f"decoding step (ratio {c['ratio']:.2f})." if "ratio" in c else "")
         out.append(f"**{title} (issue 5)**: +GLP minus baseline concept score at matched fluency (paired bootstrap 95% CI).{cost}\n\n"
                    "| task / scorer / fluency axis | gain |\n|---|---|\n" + rows)
+        ex = js.get("examples", {})
+        for task, m_ in ({"": ex} if "examples" in ex else ex).items():
+            esc = lambda t: str(t).replace("|", "\\|").replace("\n", " ")
+            out.append(f"Fluency-matched examples{' (' + task + ')' if task else ''}: baseline r={m_['r_baseline']:g} (mean NLL "
+                       f"{m_['nll_baseline']:.2f}) vs +GLP r={m_['r_glp']:g} (mean NLL {m_['nll_glp']:.2f})\n\n| prefix | baseline | +GLP |\n|---|---|---|\n"
+                       + "".join(f"| {esc(e['prefix'])} | {esc(e['baseline'])} | {esc(e['glp'])} |\n" for e in m_["examples"]))
     pa = _j(figs, "probing_auc")
     if pa:
         paper = pa.get("paper", {}).get("llama1b", {})

@@ -13,8 +13,8 @@ import numpy as np
 # %% auto #0
 __all__ = ['PROBE_CPU_TASKS', 'PROFILES', 'ModelCfg', 'CorpusCfg', 'HarvestCfg', 'GLPCfg', 'TrainCfg', 'SampleCfg', 'SAECfg',
            'ScalingCfg', 'EvalCfg', 'SteerCfg', 'ProbeCfg', 'Profile', 'get_profile', 'repo_root', 'data_dir',
-           'out_dir', 'fig_dir', 'run_dir', 'seed_everything', 'get_device', 'setup_torch', 'atomic_path', 'save_json',
-           'load_json', 'git_rev', 'provenance', 'save_figure', 'pbar', 'timer']
+           'out_dir', 'fig_dir', 'run_dir', 'seed_everything', 'get_device', 'default_threads', 'setup_torch',
+           'atomic_path', 'save_json', 'load_json', 'git_rev', 'provenance', 'save_figure', 'pbar', 'timer']
 
 # %% ../nbs/00_core.ipynb #c006
 @dataclass
@@ -193,7 +193,7 @@ PROFILES = {
     "smoke": dict(
         corpus=dict(stats_docs=300),
         harvest=dict(max_len=256, train_acts=24_000, val_acts=4_000, block_docs=16, shard_acts=8192, batch_tokens=4096,
-                     bench_tokens=2048, pca_rows=8192),
+                     bench_tokens=1024, pca_rows=8192),
         glp=dict(depth=2, d_model=256, d_mlp=512),
         train=dict(lr=1e-3, batch_size=512, n_acts=40_000, n_ckpts=4, eval_every=20, eval_acts=2048),
         sample=dict(n_gen=500, pca_steps=(1, 4, 20)),
@@ -214,8 +214,8 @@ PROFILES = {
         scaling=dict(widths=((32, 64, 1), (64, 128, 1), (128, 256, 2), (192, 384, 2), (320, 640, 2)),
                      n_acts=2_000_000, batch_size=1024, n_ckpts=6, lr=3e-3),   # 07: the main GLP's 2M budget per rung, ~9 min
         probe=dict(datasets=PROBE_CPU_TASKS, max_rows=500, max_len=128, n_boot=10_000),
-        steer=dict(rs=(0.2, 0.6, 1.0, 1.4, 1.8, 2.0), n_prefixes=100, n_features=50, feature_prompts=2, diffmean_n=1000, heldout_n=500,
-                   context_docs=40, scaling_prefixes=12, scaling_ckpts=2),  # 09: 15-minute share, see 09_steering's sizing note
+        steer=dict(rs=(0.2, 0.6, 1.0, 1.4, 1.8, 2.0), n_prefixes=100, n_features=50, feature_prompts=1, diffmean_n=1000, heldout_n=500,
+                   context_docs=40, scaling_prefixes=12, scaling_ckpts=2),  # 09: 20-minute share, see 09_steering's sizing note
     ),
     "gpu": dict(
         harvest=dict(max_len=2048, train_acts=50_000_000, val_acts=200_000, batch_tokens=65536, block_docs=512, shard_acts=1_000_000),
@@ -287,13 +287,20 @@ def get_device(pref: str = "auto"):
     if pref == "auto": pref = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(pref)
 
+def default_threads() -> int:
+    "CPU threads for a stage: `OMP_NUM_THREADS` when set, else every CPU this process may run on."
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0: return int(env)
+    try: return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError: return max(1, os.cpu_count() or 1)
+
 def setup_torch(profile: Profile):
-    "Threads and seeds for a stage."
+    "Threads and seeds for a stage: `profile.threads`, else `default_threads()` (undoing an earlier `set_num_threads`, e.g. a test cell's)."
     import torch
-    if profile.threads: torch.set_num_threads(profile.threads)
+    torch.set_num_threads(profile.threads or default_threads())
     seed_everything(profile.corpus.seed)
 
-# %% ../nbs/00_core.ipynb #c016
+# %% ../nbs/00_core.ipynb #c018
 @contextlib.contextmanager
 def atomic_path(path):
     "Yield a temporary path next to `path`; on success it atomically replaces `path`."
@@ -331,7 +338,7 @@ def _jsonable(o):
     if hasattr(o, "tolist"): return o.tolist()
     raise TypeError(f"not JSON serialisable: {type(o)}")
 
-# %% ../nbs/00_core.ipynb #c019
+# %% ../nbs/00_core.ipynb #c021
 def git_rev(root=None) -> str:
     "Short git revision of the checkout (with '+dirty' when it has uncommitted changes), or 'unknown'."
     root = root or repo_root() or os.getcwd()
@@ -355,7 +362,7 @@ def save_figure(fig, name: str, data: dict, profile: Profile, **meta) -> Path:
     save_json({"meta": provenance(profile, **meta), **data}, d / f"{name}.json")
     return png
 
-# %% ../nbs/00_core.ipynb #c022
+# %% ../nbs/00_core.ipynb #c024
 import time
 from tqdm.auto import tqdm
 
