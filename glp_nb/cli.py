@@ -31,7 +31,6 @@ def run_chain(profile: str = "cpu", nbs: Path | None = None, only: str | None = 
     out = run_dir(profile)
     prev = out / "timings.json"   # a partial run (--only) keeps the other stages' times
     times = dict(json.loads(prev.read_text()).get("seconds", {})) if (only and prev.exists()) else {}
-    t_all = time.time()
     for nb in chain(nbs, only):
         t0 = time.time()
         print(f"[glp-reproduce] {profile}: {nb.name} ...", flush=True)
@@ -101,20 +100,16 @@ def render_results(figs: Path, timings: Path | None = None) -> str:
     for name, title in (("steering_sentiment", "Sentiment steering"), ("steering_sae", "SAE-feature steering")):
         js = _j(figs, name)
         if not js: continue
-        m = js.get("matched", {})
-        items = m.items() if all(isinstance(v, dict) and "overlap" in v for v in m.values()) else []
         rows = "".join(f"| {k} | " + (f"{v['gain']:+.3f} [{v['lo']:+.3f}, {v['hi']:+.3f}]" if v.get("overlap") else "no overlap") + " |\n"
-                       for k, v in items)
-        rows += "".join(f"| {k} | " + (f"{v['gain']:+.3f} [{v['lo']:+.3f}, {v['hi']:+.3f}]" if v.get("overlap") else "no overlap") + " |\n"
-                        for k, v in (m.items() if not items else []) if isinstance(v, dict))
+                       for k, v in js.get("matched", {}).items() if isinstance(v, dict))
         c = js.get("cost", {})
         cost = (f" GLP post-processing: {c['ms_per_token_glp']:.2f} ms per generated token vs {c['ms_per_token_llm']:.2f} ms for the LLM's "
                 f"decoding step (ratio {c['ratio']:.2f})." if "ratio" in c else "")
         out.append(f"**{title} (issue 5)**: +GLP minus baseline concept score at matched fluency (paired bootstrap 95% CI).{cost}\n\n"
                    "| task / scorer / fluency axis | gain |\n|---|---|\n" + rows)
         ex = js.get("examples", {})
+        esc = lambda t: str(t).replace("|", "\\|").replace("\n", " ")
         for task, m_ in ({"": ex} if "examples" in ex else ex).items():
-            esc = lambda t: str(t).replace("|", "\\|").replace("\n", " ")
             out.append(f"Fluency-matched examples{' (' + task + ')' if task else ''}: baseline r={m_['r_baseline']:g} (mean NLL "
                        f"{m_['nll_baseline']:.2f}) vs +GLP r={m_['r_glp']:g} (mean NLL {m_['nll_glp']:.2f})\n\n| prefix | baseline | +GLP |\n|---|---|---|\n"
                        + "".join(f"| {esc(e['prefix'])} | {esc(e['baseline'])} | {esc(e['glp'])} |\n" for e in m_["examples"]))
