@@ -4,12 +4,13 @@
 
 # %% ../nbs/cli.ipynb #c003
 from __future__ import annotations
-import argparse, re, sys, time, json, os
+import argparse, contextlib, re, sys, threading, time, json, os
 from pathlib import Path
-from .core import PROFILES, repo_root, run_dir, save_json, git_rev
+from .core import PROFILES, get_profile, repo_root, run_dir, fig_dir, save_json, git_rev
 
 # %% auto #0
-__all__ = ['chain', 'run_chain', 'render_gallery', 'render_results', 'update_readme', 'main']
+__all__ = ['LIB_DIRECTIVES', 'chain', 'chain_cells', 'Progress', 'notebooks_dir', 'parse_sets', 'StageFailed', 'failure_message',
+           'run_chain', 'render_gallery', 'render_results', 'update_readme', 'finish', 'main']
 
 # %% ../nbs/cli.ipynb #c005
 def chain(nbs: Path, only: str | None = None) -> list[Path]:
@@ -20,26 +21,194 @@ def chain(nbs: Path, only: str | None = None) -> list[Path]:
     if not out: raise FileNotFoundError(f"no numbered notebooks in {nbs}" + (f" matching {only!r}" if only else ""))
     return out
 
-# %% ../nbs/cli.ipynb #c007
-def run_chain(profile: str = "cpu", nbs: Path | None = None, only: str | None = None, kernel: str = "python3") -> dict:
-    "Execute the chain with papermill; returns per-notebook wall times (also saved to runs/<profile>/timings.json)."
-    import papermill as pm
-    if profile not in PROFILES: raise KeyError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
+# %% ../nbs/cli.ipynb #c021
+LIB_DIRECTIVES = ("export", "exporti", "exports", "default_exp")
+
+def _directives(src: str) -> set[str]:
+    "nbdev directives (`#| export`, `#|eval: false`, ...) of a cell, as their first word."
+    out = set()
+    for line in src.splitlines():
+        s = line.strip()
+        if not s: continue
+        if not s.startswith("#|"): break
+        out.add(s[2:].strip().split(":")[0].split()[0] if s[2:].strip() else "")
+    return out
+
+def _imports_only(src: str) -> bool:
+    "True when every non-comment line of `src` is an import (such cells give later cells their names and cost nothing)."
+    lines = [l.strip() for l in src.splitlines() if l.strip() and not l.strip().startswith("#")]
+    return bool(lines) and all(l.startswith(("import ", "from ")) for l in lines)
+
+def chain_cells(nb: dict) -> tuple[dict, int]:
+    "A copy of notebook `nb` as the chain runs it, and how many cells it skips (see the prose above)."
+    import copy
+    nb = copy.deepcopy(nb)
+    params = next((i for i, c in enumerate(nb["cells"]) if "parameters" in c.get("metadata", {}).get("tags", [])), len(nb["cells"]))
+    skipped = 0
+    for i, c in enumerate(nb["cells"]):
+        if c["cell_type"] != "code" or i >= params: continue
+        src = "".join(c["source"]) if isinstance(c["source"], list) else c["source"]
+        if _directives(src) & set(LIB_DIRECTIVES) or _imports_only(src): continue
+        nb["cells"][i] = dict(cell_type="raw", id=c.get("id", f"s{i}"), source=src,
+                              metadata=dict(tags=["test-skipped-by-chain"]))
+        skipped += 1
+    return nb, skipped
+
+
+# %% ../nbs/cli.ipynb #c024
+_TQDM = re.compile(r"\d+%\||\d+(\.\d+)?[kMG]?(it|tok|act|doc|row|step|task|feat|seq)?/s\]")
+
+class Progress:
+    "Receives a stage's kernel output (stdout and stderr); prints its own lines at once and its progress bars at most every `every` s."
+    def __init__(self, label: str, eta=None, every: float = 30.0, out=None, log=None):
+        self.label, self.eta, self.every, self.out, self.log = label, eta, every, out or sys.stdout, log
+        self.t0 = self.last = time.time()
+        self.bar, self.buf, self._lock, self._stop = "", "", threading.Lock(), threading.Event()
+    def write(self, text: str):
+        if self.log: self.log.write(text)
+        with self._lock:
+            self.buf += text
+            parts = re.split(r"(\r|\n)", self.buf)
+            self.buf = parts.pop()                       # an unfinished segment waits for its end
+            for seg, end in zip(parts[::2], parts[1::2]):
+                seg = seg.strip()
+                if not seg: continue
+                if end == "\r" or (_TQDM.search(seg) and "100%" not in seg): self.bar = seg   # a bar update: keep the latest
+                else: self._say("  | " + seg)             # a printed line or a finished bar: show it now
+    def flush(self):
+        if self.log: self.log.flush()
+    def _say(self, line: str):
+        print(line[:400], file=self.out, flush=True); self.last = time.time()
+    def status(self) -> str:
+        "One line: stage, elapsed time, ETA from the last run's time, latest progress bar."
+        el = time.time() - self.t0
+        eta = f", ~{_hms(max(self.eta - el, 0))} left of the last run's {_hms(self.eta)}" if self.eta else ""
+        return f"[glp-reproduce] {self.label}: {_hms(el)} elapsed{eta}" + (f" | {self.bar}" if self.bar else "")
+    def beat(self):
+        "Print `status()` if nothing was printed for `every` seconds."
+        with self._lock:
+            if time.time() - self.last >= self.every: self._say(self.status())
+    def __enter__(self):
+        def loop():
+            while not self._stop.wait(1.0): self.beat()
+        self._thread = threading.Thread(target=loop, daemon=True); self._thread.start(); return self
+    def __exit__(self, *a):
+        self._stop.set(); self._thread.join()
+        with self._lock:
+            if self.buf.strip(): self._say("  | " + self.buf.strip())
+            self.buf = ""
+
+def _hms(s: float) -> str:
+    s = int(round(s)); return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+# %% ../nbs/cli.ipynb #c027
+def notebooks_dir(nbs=None) -> Path:
+    "The chain's notebooks: `nbs`, else `nbs/` of the checkout above the cwd, else the copy a `pip install` put in `<prefix>/share/glp_nb/nbs`."
+    if nbs is not None:
+        if not Path(nbs).is_dir(): raise FileNotFoundError(f"notebook folder not found: {nbs}")
+        return Path(nbs)
     root = repo_root()
-    nbs = Path(nbs) if nbs else (root / "nbs" if root else None)
-    if nbs is None: raise FileNotFoundError("run glp-reproduce inside a glp-nb checkout (no settings.ini + nbs/ found above the cwd), or pass --nbs")
-    out = run_dir(profile)
-    prev = out / "timings.json"   # a partial run (--only) keeps the other stages' times
-    times = dict(json.loads(prev.read_text()).get("seconds", {})) if (only and prev.exists()) else {}
-    for nb in chain(nbs, only):
+    if root: return root / "nbs"
+    share = Path(sys.prefix) / "share" / "glp_nb" / "nbs"
+    if share.is_dir(): return share
+    raise FileNotFoundError(f"no notebooks: run glp-reproduce inside a glp-nb checkout, pass --nbs, or reinstall the package "
+                            f"(a `pip install` puts them in {share})")
+
+def parse_sets(sets) -> dict:
+    "`['train.lr=1e-4', 'harvest.batch_tokens=4096']` as the nested overrides `get_profile` takes (values parsed as Python literals)."
+    import ast
+    out = {}
+    for s in sets or []:
+        key, sep, val = s.partition("=")
+        parts = key.strip().split(".")
+        if not sep or len(parts) != 2 or not all(parts):
+            raise ValueError(f"--set {s!r}: expected STAGE.FIELD=VALUE, e.g. train.lr=1e-4")
+        try: v = ast.literal_eval(val.strip())
+        except (ValueError, SyntaxError): v = val.strip()
+        out.setdefault(parts[0], {})[parts[1]] = v
+    return out
+
+
+# %% ../nbs/cli.ipynb #c030
+class StageFailed(RuntimeError):
+    "A stage of the chain failed; the message says which cell, why, and how to resume."
+
+def _resume_cmd(profile, stage, sets=(), nbs=None) -> str:
+    return " ".join(["glp-reproduce", "--profile", profile, "--from", stage]
+                    + [f"--set {s}" for s in sets] + ([f"--nbs {nbs}"] if nbs else []))
+
+def failure_message(err, stage: str, k: int, n: int, profile: str, executed: Path, log: Path, resume: str) -> str:
+    "What a person needs when stage `k` of `n` fails: the failing cell's source and error, where to look, how to resume."
+    lines = [f"[glp-reproduce] FAILED: stage {k}/{n} {stage} (profile {profile})"]
+    if hasattr(err, "ename"):   # papermill's PapermillExecutionError: an exception inside a cell
+        lines += [f"--- failing cell [{err.exec_count}] ---", err.source.rstrip(), "--- error ---", f"{err.ename}: {err.evalue}"]
+    else: lines += ["--- error ---", f"{type(err).__name__}: {err}"]
+    lines += [f"executed notebook (outputs up to the failure): {executed}", f"kernel log: {log}", f"resume from this stage: {resume}"]
+    return "\n".join(lines)
+
+
+# %% ../nbs/cli.ipynb #c007
+@contextlib.contextmanager
+def _stderr_to(path: Path):
+    "Send this process's file descriptor 2 (and so the kernels' start-up warnings and papermill's log) to `path`."
+    sys.stderr.flush(); saved = os.dup(2)
+    with open(path, "ab") as f:
+        os.dup2(f.fileno(), 2)
+        try: yield
+        finally: sys.stderr.flush(); os.dup2(saved, 2); os.close(saved)
+
+def _last_times(profile: str) -> dict:
+    "Per-stage seconds of the last run of `profile` (runs/<profile>/timings.json, else the committed chain_timings.json), for ETAs."
+    for p in (run_dir(profile) / "timings.json", fig_dir(profile) / "chain_timings.json"):
+        if p.exists():
+            try: return dict(json.loads(p.read_text()).get("seconds", {}))
+            except (ValueError, AttributeError): pass
+    return {}
+
+def run_chain(profile: str = "cpu", nbs: Path | None = None, only: str | None = None, start: str | None = None,
+              sets=(), kernel: str = "python3", every: float = 30.0) -> dict:
+    "Execute the chain with papermill; returns per-notebook wall times (also saved to runs/<profile>/timings.json)."
+    import papermill as pm, nbformat
+    if profile not in PROFILES: raise KeyError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
+    overrides = parse_sets(sets)
+    get_profile(profile, **overrides)                        # a bad --set fails here, before any stage runs
+    nbs_ = notebooks_dir(nbs)
+    stages = chain(nbs_, only)
+    if start:
+        hit = [i for i, p in enumerate(stages) if p.stem == start or p.name == start or p.name.startswith(start)]
+        if not hit: raise ValueError(f"--from {start!r} matches no stage; stages: {[p.stem for p in stages]}")
+        stages = stages[hit[0]:]
+    out = run_dir(profile); logs = out / "logs"; logs.mkdir(exist_ok=True)
+    last = _last_times(profile)
+    partial = bool(only or start)
+    prev = out / "timings.json"   # a partial run (--only, --from) keeps the other stages' times
+    times = dict(json.loads(prev.read_text()).get("seconds", {})) if (partial and prev.exists()) else {}
+    t_chain = time.time()
+    for k, nb in enumerate(stages, 1):
+        left = sum(last.get(p.name, 0) for p in stages[k - 1:])
+        print(f"[glp-reproduce] {profile}: stage {k}/{len(stages)} {nb.stem} (chain {_hms(time.time() - t_chain)} elapsed"
+              + (f", ~{_hms(left)} left by the last run" if left else "") + ")", flush=True)
+        src = nbformat.read(nb, as_version=4)
+        run_nb, skipped = chain_cells(src)
+        has_params = any("parameters" in c.get("metadata", {}).get("tags", []) for c in src.cells)
+        params = dict(profile_name=profile, overrides=overrides) if has_params else None
+        executed, log = out / nb.name, logs / f"{nb.stem}.log"
+        log.write_text("")
         t0 = time.time()
-        print(f"[glp-reproduce] {profile}: {nb.name} ...", flush=True)
-        pm.execute_notebook(str(nb), str(out / nb.name), parameters=dict(profile_name=profile), kernel_name=kernel,
-                            cwd=str(nbs), progress_bar=False, log_output=False)
+        try:
+            with open(log, "a") as lf, Progress(f"{k}/{len(stages)} {nb.stem}", last.get(nb.name), every, log=lf) as prog, _stderr_to(log):
+                pm.execute_notebook(nbformat.from_dict(run_nb), str(executed), parameters=params, kernel_name=kernel, language="python", cwd=str(nbs_),
+                                    progress_bar=False, log_output=False, stdout_file=prog, stderr_file=prog)
+        except (Exception, KeyboardInterrupt) as e:
+            msg = failure_message(e, nb.stem, k, len(stages), profile, executed, log, _resume_cmd(profile, nb.stem, sets, nbs))
+            raise StageFailed(msg) from e
         times[nb.name] = round(time.time() - t0, 1)
-        print(f"[glp-reproduce] {nb.name} done in {times[nb.name]:.0f} s", flush=True)
+        print(f"[glp-reproduce] stage {k}/{len(stages)} {nb.stem} done in {_hms(times[nb.name])}"
+              + (f" ({skipped} test cells left to `make test`)" if skipped else ""), flush=True)
         save_json(dict(profile=profile, git=git_rev(), seconds=times, total=round(sum(times.values()), 1)), out / "timings.json")
     return times
+
 
 # %% ../nbs/cli.ipynb #c009
 def render_gallery(figs: Path) -> str:
@@ -146,16 +315,45 @@ def update_readme(readme: Path, figs: Path, start="<!-- gallery:start -->", end=
         with atomic_path(readme) as tmp: Path(tmp).write_text(new)
     return True
 
+# %% ../nbs/cli.ipynb #c033
+def finish(profile: str, times: dict, full: bool = True) -> dict:
+    "After a chain: keep its stage times beside its figures (for the README table and the next run's ETAs), rewrite the README (cpu), build the report."
+    out = {}
+    if full:
+        meta = dict(profile=profile, git=git_rev(), note="wall seconds per stage of the last complete chain")
+        out["timings"] = fig_dir(profile) / "chain_timings.json"
+        save_json(dict(meta=meta, seconds=times, total=round(sum(times.values()), 1)), out["timings"])
+    root = repo_root()
+    if full and profile == "cpu" and root and not os.environ.get("GLP_NB_OUT"):
+        update_readme(root / "README.md", root / "figures", timings=out["timings"])
+        out["readme"] = root / "README.md"
+    try:
+        from glp_nb.report import report
+        out["report"] = report(profile, screenshot_to=fig_dir(profile) / "report_preview.png" if profile == "cpu" else None)
+        print(f"[glp-reproduce] report: {out['report']}", flush=True)
+    except Exception as e:   # the figures are made; a missing browser only costs the report's screenshot
+        print(f"[glp-reproduce] report not built: {type(e).__name__}: {e}", flush=True)
+    return out
+
+
 # %% ../nbs/cli.ipynb #c011
 def main(argv=None):
     "Console entry point: `glp-reproduce --profile cpu`."
     ap = argparse.ArgumentParser(prog="glp-reproduce", description="Run the glp-nb notebook chain with papermill.")
     ap.add_argument("--profile", default="cpu", choices=sorted(PROFILES))
     ap.add_argument("--only", default=None, help="regex: run only notebooks whose name matches (stores and checkpoints are cached)")
-    ap.add_argument("--nbs", default=None, help="notebook folder (default: nbs/ of the checkout)")
+    ap.add_argument("--from", dest="start", default=None, metavar="STAGE", help="resume: run from this stage on (e.g. 05_train or 05)")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="STAGE.FIELD=VALUE",
+                    help="override a config field for every stage, e.g. --set train.lr=1e-4 (repeatable)")
+    ap.add_argument("--nbs", default=None, help="notebook folder (default: nbs/ of the checkout, else the installed copy)")
+    ap.add_argument("--every", type=float, default=30.0, help="seconds between progress summaries while a stage runs")
     a = ap.parse_args(argv)
-    times = run_chain(a.profile, a.nbs, a.only)
-    root = repo_root()
-    if a.profile == "cpu" and root and not os.environ.get("GLP_NB_OUT"):
-        update_readme(root / "README.md", root / "figures", timings=run_dir(a.profile) / "timings.json")
-    print(f"[glp-reproduce] {a.profile} chain finished in {sum(times.values()):.0f} s: " + json.dumps(times))
+    t0 = time.time()
+    try: times = run_chain(a.profile, a.nbs, a.only, a.start, a.sets, every=a.every)
+    except StageFailed as e:
+        print(str(e), flush=True); sys.exit(1)
+    except (KeyError, ValueError, FileNotFoundError) as e:   # bad arguments, before any stage ran
+        print(f"[glp-reproduce] {e}", flush=True); sys.exit(2)
+    finish(a.profile, times, full=not a.sets)   # a resumed chain (--from, --only) keeps the other stages' times
+    print(f"[glp-reproduce] {a.profile} chain finished in {_hms(time.time() - t0)}: " + json.dumps(times), flush=True)
+
