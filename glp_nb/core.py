@@ -12,9 +12,10 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['PROBE_CPU_TASKS', 'PROFILES', 'ModelCfg', 'CorpusCfg', 'HarvestCfg', 'GLPCfg', 'TrainCfg', 'SampleCfg', 'SAECfg',
-           'ScalingCfg', 'EvalCfg', 'SteerCfg', 'ProbeCfg', 'Profile', 'get_profile', 'repo_root', 'data_dir',
-           'out_dir', 'fig_dir', 'run_dir', 'seed_everything', 'get_device', 'default_threads', 'setup_torch',
-           'atomic_path', 'save_json', 'load_json', 'git_rev', 'provenance', 'save_figure', 'pbar', 'timer']
+           'ScalingCfg', 'EvalCfg', 'SteerCfg', 'ProbeCfg', 'Profile', 'get_profile', 'temp_env', 'torch_threads',
+           'isolated', 'repo_root', 'data_dir', 'out_dir', 'fig_dir', 'run_dir', 'seed_everything', 'get_device',
+           'default_threads', 'setup_torch', 'atomic_path', 'save_json', 'load_json', 'git_rev', 'provenance',
+           'save_figure', 'pbar', 'timer']
 
 # %% ../nbs/00_core.ipynb #c006
 @dataclass
@@ -244,6 +245,45 @@ def get_profile(name: str = "cpu", **overrides) -> Profile:
     if name not in PROFILES: raise KeyError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
     p = _merge(Profile(name=name), PROFILES[name])
     return _merge(p, overrides) if overrides else p
+
+# %% ../nbs/00_core.ipynb #c009b
+@contextlib.contextmanager
+def temp_env(**env: Optional[str]):
+    "Set (a value) or unset (None) environment variables inside a `with` block; each gets its previous value back (or stays unset) on exit, whatever happens."
+    old = {k: os.environ.get(k) for k in env}
+    try:
+        for k, v in env.items():
+            if v is None: os.environ.pop(k, None)
+            else: os.environ[k] = str(v)
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None: os.environ.pop(k, None)
+            else: os.environ[k] = v
+
+class torch_threads:
+    "torch on `n` CPU threads (None: unchanged) inside a `with` block, or between `.start()` and `.restore()`; the previous count comes back."
+    def __init__(self, n: Optional[int]): self.n, self.old = n, None
+    def start(self):
+        import torch
+        self.old = torch.get_num_threads()
+        if self.n and self.n != self.old: torch.set_num_threads(self.n)
+        return self
+    def restore(self):
+        import torch
+        if self.old is not None and torch.get_num_threads() != self.old: torch.set_num_threads(self.old)
+    def __enter__(self): return self.start()
+    def __exit__(self, *exc): self.restore()
+
+@contextlib.contextmanager
+def isolated(threads: Optional[int] = None, cwd=None, **env: Optional[str]):
+    "`temp_env(**env)`, `torch_threads(threads)` and `os.chdir(cwd)` (when given) in one block; all restored on exit, whatever happens."
+    old_cwd = os.getcwd()
+    try:
+        with temp_env(**env), torch_threads(threads):
+            if cwd is not None: os.chdir(cwd)
+            yield
+    finally: os.chdir(old_cwd)
 
 # %% ../nbs/00_core.ipynb #c011
 def repo_root(start=None) -> Optional[Path]:
