@@ -1,4 +1,5 @@
 from configparser import ConfigParser
+from glob import glob
 import setuptools, shlex
 
 
@@ -12,7 +13,8 @@ expected = cfg_keys + "lib_name user branch license status min_python audience l
 for o in expected: assert o in cfg, "missing expected setting: {}".format(o)
 setup_cfg = {o:cfg[o] for o in cfg_keys}
 
-licenses = {'apache2': ('Apache Software License 2.0','OSI Approved :: Apache Software License')}
+# SPDX license expressions; setuptools deprecates license classifiers, so none is added
+licenses = {'apache2': ('Apache-2.0', None)}
 statuses = [ '1 - Planning', '2 - Pre-Alpha', '3 - Alpha', '4 - Beta', '5 - Production/Stable', '6 - Mature', '7 - Inactive' ]
 py_versions = '3.9 3.10 3.11 3.12'.split()
 
@@ -33,6 +35,10 @@ setuptools.setup(
     url = cfg['git_url'],
     packages = setuptools.find_packages(include=['glp_nb', 'glp_nb.*']),
     include_package_data = True,
+    license_files = ['LICENSE'],
+    # the numbered notebooks are the pipeline: a non-editable install puts them in <sys.prefix>/share/glp_nb/nbs,
+    # where glp-reproduce looks when it is not run inside a checkout
+    data_files = [('share/glp_nb/nbs', sorted(glob('nbs/[0-9][0-9]_*.ipynb')))],
     install_requires = requirements,
     extras_require={ 'dev': dev_requirements },
     dependency_links = cfg.get('dep_links','').split(),
