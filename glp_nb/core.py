@@ -261,8 +261,8 @@ def temp_env(**env: Optional[str]):
             if v is None: os.environ.pop(k, None)
             else: os.environ[k] = v
 
-class torch_threads:
-    "torch on `n` CPU threads (None: unchanged) inside a `with` block, or between `.start()` and `.restore()`; the previous count comes back."
+class torch_threads(contextlib.ContextDecorator):
+    "torch on `n` CPU threads (None: unchanged) inside a `with` block (or a decorated function), or between `.start()` and `.restore()`; the previous count comes back."
     def __init__(self, n: Optional[int]): self.n, self.old = n, None
     def start(self):
         import torch

@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Iterable, Iterator, Optional
 import numpy as np
 import torch
-from .core import (HarvestCfg, Profile, data_dir, atomic_path, save_json, load_json, git_rev, pbar, timer)
+from .core import (HarvestCfg, Profile, data_dir, atomic_path, save_json, load_json, git_rev, pbar, timer, torch_threads)
 
 # %% auto #0
-__all__ = ['FORMAT', 'to_bits', 'from_bits', 'sha256', 'write_shard', 'check_shard', 'moments', 'merge', 'shard_moments', 'fold',
-           'save_stats', 'load_stats', 'buckets', 'block_acts', 'settings', 'diff_settings', 'Store', 'model_slug',
-           'store_dir', 'harvest', 'harvest_profile', 'naive_forward', 'bench_harvest']
+__all__ = ['FORMAT', 'to_bits', 'from_bits', 'bf16_ulps', 'assert_bf16_close', 'sha256', 'write_shard', 'check_shard', 'moments',
+           'merge', 'shard_moments', 'fold', 'save_stats', 'load_stats', 'buckets', 'block_acts', 'settings',
+           'diff_settings', 'Store', 'model_slug', 'store_dir', 'harvest', 'harvest_profile', 'naive_forward',
+           'bench_harvest']
 
 # %% ../nbs/03_harvest.ipynb #c006
 def to_bits(x: torch.Tensor) -> np.ndarray:
@@ -27,6 +28,29 @@ def from_bits(u16: np.ndarray) -> torch.Tensor:
     u16 = np.ascontiguousarray(u16)
     if not u16.flags.writeable: u16 = u16.copy()  # torch.from_numpy wants writable memory (memmaps are read-only)
     return torch.from_numpy(u16.view(np.int16)).view(torch.bfloat16).float()
+
+# %% ../nbs/03_harvest.ipynb #c007b
+def _ordinal(u16: np.ndarray) -> np.ndarray:
+    "bf16 bit patterns -> int32 in the order of the values they encode (+0 and -0 both 0)."
+    u = u16.astype(np.int32)
+    return np.where(u & 0x8000, -(u & 0x7FFF), u)
+
+def bf16_ulps(a, b) -> np.ndarray:
+    "Elementwise distance in bf16 ulps between `a` and `b`: uint16 bf16 bit patterns (as stored) or tensors (rounded to bf16 first)."
+    a, b = (x if isinstance(x, np.ndarray) and x.dtype == np.uint16 else to_bits(torch.as_tensor(x)) for x in (a, b))
+    if a.shape != b.shape: raise ValueError(f"bf16_ulps: shapes differ, {a.shape} vs {b.shape}")
+    d = np.abs(_ordinal(a) - _ordinal(b))
+    nonfinite = ((a & 0x7F80) == 0x7F80) | ((b & 0x7F80) == 0x7F80)   # inf or nan on either side: equal bits or "infinitely" far
+    return np.where(nonfinite, np.where(a == b, 0, np.iinfo(np.int32).max), d)
+
+def assert_bf16_close(a, b, ulps: int = 1, max_frac: float = 1.0, what: str = "bf16 values") -> int:
+    "Raise AssertionError unless `a` and `b` are within `ulps` bf16 ulps everywhere and at most `max_frac` of the values differ; returns how many differ."
+    d = bf16_ulps(a, b)
+    n_diff, n_far = int((d > 0).sum()), int((d > ulps).sum())
+    if n_far or n_diff > max_frac * d.size:
+        raise AssertionError(f"{what}: {n_diff} of {d.size} differ, {n_far} by more than {ulps} ulp(s) (max {int(d.max()) if d.size else 0}); "
+                             f"allowed: <= {ulps} ulp(s) on at most {max_frac:.2%} of the values")
+    return n_diff
 
 # %% ../nbs/03_harvest.ipynb #c009
 def sha256(path, bufsize: int = 1 << 22) -> str:
@@ -292,14 +316,6 @@ def store_dir(P: Profile, split: str, llm: Optional[LLM] = None) -> Path:
 # %% ../nbs/03_harvest.ipynb #c033
 _STRAY = re.compile(r"^(shard_\d{5}\.npy|\.(shard_\d{5}\.npy|stats\.npz|manifest\.json)\..*\.tmp)$")
 
-@contextlib.contextmanager
-def _threads(n: Optional[int]):
-    old = torch.get_num_threads()
-    if n and n != old: torch.set_num_threads(n)
-    try: yield
-    finally:
-        if n and n != old: torch.set_num_threads(old)
-
 def _write_manifest(out: Path, m: dict): save_json(m, out / "manifest.json")
 def _write_stats(out: Path, mom: list): save_stats(out / "stats.npz", *_stack(mom, None))
 def _write_shard(path: Path, u16: np.ndarray) -> str: return write_shard(path, u16)
@@ -373,7 +389,7 @@ def harvest(llm: LLM, docs_iter: Iterable[tuple[str, str]], out, cfg: HarvestCfg
 
     # m's counters run ahead of the last commit while a shard fills; only commit() writes them out
     it = itertools.islice(iter(docs_iter), m["docs"], None)  # skip what the committed shards already hold
-    with _threads(m["threads"]), torch.inference_mode(), pbar(desc=f"harvest {split or out.name}", unit="tok",
+    with torch_threads(m["threads"]), torch.inference_mode(), pbar(desc=f"harvest {split or out.name}", unit="tok",
                                                               initial=tok0) as bar:
         while True:
             if m["rows"] >= n_acts: commit("n_acts"); break

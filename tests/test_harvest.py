@@ -4,9 +4,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from glp_nb.core import HarvestCfg, ModelCfg, load_json
+from glp_nb.core import HarvestCfg, ModelCfg, load_json, torch_threads
 from glp_nb.models import load_llm, tiny_llm, encode
-from glp_nb.harvest import harvest, Store, from_bits
+from glp_nb.harvest import harvest, Store, from_bits, to_bits, assert_bf16_close, block_acts
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -26,8 +26,8 @@ def _docs(texts):
 
 @pytest.fixture(scope="module")
 def gemma():
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    return load_llm(ModelCfg())
+    with torch_threads(max(1, min(2, os.cpu_count() or 1))):   # the module's thread count; the previous one comes back after it
+        yield load_llm(ModelCfg())
 
 
 def test_real_model_rows_match_single_forward(gemma, tmp_path):
@@ -48,6 +48,9 @@ def test_real_model_rows_match_single_forward(gemma, tmp_path):
             # bf16 keeps 8 significant bits: |err| <= 2^-8 |x| from rounding, plus batched-vs-single fp32 noise
             torch.testing.assert_close(got, ref, rtol=2**-7, atol=1e-2 * float(ref.abs().median()) + 1e-4)
     assert torch.isfinite(s.mean).all() and (s.var > 0).all()
+    # all documents in one batch (another batch shape than the store's buckets): the fp32 sums run in another order, so a value
+    # next to a bf16 rounding boundary may round the other way; equal up to 1 bf16 ulp on a small fraction of the values
+    assert_bf16_close(to_bits(x), block_acts(llm, ids, 10**6), ulps=1, max_frac=0.01)
 
 
 # ---------------------------------------------------------------- (2) SIGKILL at many points, resume, byte-identical
@@ -118,12 +121,12 @@ def test_sigkill_resume_is_byte_identical(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_store(tmp_path_factory):
-    torch.set_num_threads(1)
     r = np.random.default_rng(1)
     texts = [" ".join(["word"] * int(r.integers(5, 60))) for _ in range(24)]
     out = tmp_path_factory.mktemp("store") / "s"
-    harvest(tiny_llm(), _docs(texts), out, HarvestCfg(max_len=64, block_docs=4, shard_acts=300, batch_tokens=256), n_acts=10**6,
-            verbose=False)
+    with torch_threads(1):
+        harvest(tiny_llm(), _docs(texts), out, HarvestCfg(max_len=64, block_docs=4, shard_acts=300, batch_tokens=256), n_acts=10**6,
+                verbose=False)
     return out
 
 
@@ -164,14 +167,15 @@ def test_store_reads_match_stats(tiny_store):
     x = s.read(0, s.n).double()
     torch.testing.assert_close(s.mean.double(), x.mean(0), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(s.var.double(), x.var(0, unbiased=False), rtol=1e-5, atol=1e-6)
-    rows = torch.cat(list(s.batches(50, drop_last=False)))
-    assert rows.shape == x.shape and torch.equal(torch.sort(rows.double().sum(1)).values, torch.sort(x.sum(1)).values)
+    rows = torch.cat(list(s.batches(50, drop_last=False))).double()
+    canon = lambda a: a[np.lexsort(a.numpy().T[::-1])]   # rows in lexicographic order: the multiset of rows, compared exactly
+    assert rows.shape == x.shape and torch.equal(canon(rows), canon(x))   # batching only moves stored bytes
 
 
 # ---------------------------------------------------------------- (4) non-finite activations
 
+@torch_threads(1)
 def test_nonfinite_detected(tmp_path):
-    torch.set_num_threads(1)
     llm = tiny_llm(seed=3)
     with torch.no_grad(): llm.model.get_input_embeddings().weight[ord("q") + llm.tok.offset] = float("inf")
     docs = [("fine", "all good here"), ("quux", "a quick question"), ("fine2", "nothing odd")]
