@@ -39,6 +39,13 @@ def _imports_only(src: str) -> bool:
     lines = [l.strip() for l in src.splitlines() if l.strip() and not l.strip().startswith("#")]
     return bool(lines) and all(l.startswith(("import ", "from ")) for l in lines)
 
+def _import_lines(src: str) -> str:
+    "The top-level import statements of `src` (a test cell's imports can give the pipeline its names)."
+    import ast
+    try: tree = ast.parse(src)
+    except SyntaxError: return "\n".join(l for l in src.splitlines() if l.startswith(("import ", "from ")))
+    return "\n".join(ast.get_source_segment(src, n) for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom)))
+
 def chain_cells(nb: dict) -> tuple[dict, int]:
     "A copy of notebook `nb` as the chain runs it, and how many cells it skips (see the prose above)."
     import copy
@@ -49,14 +56,17 @@ def chain_cells(nb: dict) -> tuple[dict, int]:
         if c["cell_type"] != "code" or i >= params: continue
         src = "".join(c["source"]) if isinstance(c["source"], list) else c["source"]
         if _directives(src) & set(LIB_DIRECTIVES) or _imports_only(src): continue
-        nb["cells"][i] = dict(cell_type="raw", id=c.get("id", f"s{i}"), source=src,
-                              metadata=dict(tags=["test-skipped-by-chain"]))
+        imp = _import_lines(src)
+        nb["cells"][i] = (dict(cell_type="raw", id=c.get("id", f"s{i}"), source=src, metadata=dict(tags=["test-skipped-by-chain"]))
+                          if not imp else dict(c, source="# a test cell: `make test` runs it; the chain keeps only its imports\n" + imp,
+                                               outputs=[], execution_count=None))
         skipped += 1
     return nb, skipped
 
 
 # %% ../nbs/cli.ipynb #c024
 _TQDM = re.compile(r"\d+%\||\d+(\.\d+)?[kMG]?(it|tok|act|doc|row|step|task|feat|seq)?/s\]")
+_NOISE = ("TqdmWarning: IProgress not found", "from .autonotebook import tqdm")   # tqdm in a kernel without ipywidgets: log only
 
 class Progress:
     "Receives a stage's kernel output (stdout and stderr); prints its own lines at once and its progress bars at most every `every` s."
@@ -72,7 +82,7 @@ class Progress:
             self.buf = parts.pop()                       # an unfinished segment waits for its end
             for seg, end in zip(parts[::2], parts[1::2]):
                 seg = seg.strip()
-                if not seg: continue
+                if not seg or any(n in seg for n in _NOISE): continue
                 if end == "\r" or (_TQDM.search(seg) and "100%" not in seg): self.bar = seg   # a bar update: keep the latest
                 else: self._say("  | " + seg)             # a printed line or a finished bar: show it now
     def flush(self):
@@ -327,12 +337,17 @@ def finish(profile: str, times: dict, full: bool = True) -> dict:
     if full and profile == "cpu" and root and not os.environ.get("GLP_NB_OUT"):
         update_readme(root / "README.md", root / "figures", timings=out["timings"])
         out["readme"] = root / "README.md"
-    try:
-        from glp_nb.report import report
-        out["report"] = report(profile, screenshot_to=fig_dir(profile) / "report_preview.png" if profile == "cpu" else None)
-        print(f"[glp-reproduce] report: {out['report']}", flush=True)
-    except Exception as e:   # the figures are made; a missing browser only costs the report's screenshot
-        print(f"[glp-reproduce] report not built: {type(e).__name__}: {e}", flush=True)
+    from glp_nb.report import report, screenshot, check_report
+    out["report"] = report(profile)
+    print(f"[glp-reproduce] report: {out['report']}", flush=True)
+    if profile == "cpu":
+        try:
+            out["preview"] = screenshot(out["report"], fig_dir(profile) / "report_preview.png", height=2400)
+            chk = check_report(out["report"])   # the same browser checks that every figure of the page loads
+            save_json(dict(meta=dict(profile=profile, git=git_rev()), page=str(out["report"]), images=len(chk["images"]),
+                           broken=chk["broken"], results_table=chk["results_table"]), out["preview"].with_suffix(".json"))
+        except (FileNotFoundError, RuntimeError, OSError) as e:   # the figures are made; a missing browser costs only the preview
+            print(f"[glp-reproduce] no report preview (figures/report_preview.png): {e}", flush=True)
     return out
 
 
