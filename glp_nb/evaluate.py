@@ -11,21 +11,16 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from .core import Profile, pbar, timer, save_json, load_json
+from .core import Profile, pbar, timer, save_json, load_json, torch_threads
 
 # %% auto #0
 __all__ = ['gauss_stats', 'trace_sqrt_product', 'frechet_from_stats', 'frechet_distance', 'PCA', 'splice', 'delta_lm',
            'boot_ratio', 'delta_table', 'final_glp', 'ladder_runs', 'FDRef', 'plot_fd', 'plot_dlm']
 
 # %% ../nbs/08_generation.ipynb #c006
-from contextlib import contextmanager
-
-@contextmanager
 def _one_thread():
-    "Run torch linear algebra on one thread (LAPACK eigensolvers thrash on contended cores)."
-    old = torch.get_num_threads(); torch.set_num_threads(1)
-    try: yield
-    finally: torch.set_num_threads(old)
+    "Run torch linear algebra on one thread (LAPACK eigensolvers thrash on contended cores); the previous count comes back."
+    return torch_threads(1)
 
 def gauss_stats(x) -> tuple[torch.Tensor, torch.Tensor]:
     "(mean, covariance) of the rows of `x`, float64."

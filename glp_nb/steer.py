@@ -15,12 +15,13 @@ from .models import LLM, encode, edit_layer, forward_to_layer, pad
 
 # %% auto #0
 __all__ = ['SENTIMENT_SETS', 'CONCEPT_PROMPT', 'FLUENCY_PROMPT', 'METHODS', 'left_pad', 'positions', 'SteerEdit', 'generate',
-           'GLPPost', 'massive_dims', 'drop_dims', 'act_norm', 'layout', 'cont_nll', 'ngrams', 'distinct_n', 'seq_rep',
-           'vader', 'fit_tfidf', 'feature_acts', 'sae_probes_dir', 'probe_set', 'sentiment_splits', 'end_sentence',
-           'text_acts', 'last_token_acts', 'diffmean', 'auroc', 'neutral_prefixes', 'found_in', 'store_tokens',
-           'sae_codes', 'code_stats', 'pick_features', 'describe', 'boot_idx', 'ci', 'concept_at', 'match_levels',
-           'matched_gain', 'parse_rating', 'chat_url', 'chat', 'judge', 'steer_score', 'glp_runs', 'cut_eos', 'fluency',
-           'summarize', 'curves', 'report_matched', 'pareto_ax', 'matched_examples', 'examples_md']
+           'greedy_match', 'next_logits', 'GLPPost', 'massive_dims', 'drop_dims', 'act_norm', 'layout', 'cont_nll',
+           'ngrams', 'distinct_n', 'seq_rep', 'vader', 'fit_tfidf', 'feature_acts', 'sae_probes_dir', 'probe_set',
+           'sentiment_splits', 'end_sentence', 'text_acts', 'last_token_acts', 'diffmean', 'auroc', 'neutral_prefixes',
+           'found_in', 'store_tokens', 'sae_codes', 'code_stats', 'pick_features', 'describe', 'boot_idx', 'ci',
+           'concept_at', 'match_levels', 'matched_gain', 'parse_rating', 'chat_url', 'chat', 'judge', 'steer_score',
+           'glp_runs', 'cut_eos', 'fluency', 'summarize', 'curves', 'report_matched', 'pareto_ax', 'matched_examples',
+           'examples_md']
 
 # %% ../nbs/09_steering.ipynb #c006
 def left_pad(llm: LLM, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,6 +93,21 @@ def generate(llm: LLM, seqs: Sequence[Sequence[int]], new_tokens: int, delta: Op
         for i, row in zip(idx, torch.stack(toks, 1).tolist()): out[i] = row
         if bar is not None: bar.update(len(idx) * new_tokens)
     return out
+
+# %% ../nbs/09_steering.ipynb #c012b
+def greedy_match(a: Sequence[int], b: Sequence[int], logits_at: Callable[[int], torch.Tensor], tol: float = 1e-4) -> bool:
+    "Greedy continuations `a`, `b` agree: equal, or equal until a step k whose next-token logits `logits_at(k)` hold both chosen tokens within `tol` x max(1, max |logit|)."
+    for k, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            lg = logits_at(k).float()
+            return abs(float(lg[x] - lg[y])) <= tol * max(1.0, float(lg.abs().max()))
+    return len(a) == len(b)
+
+@torch.no_grad()
+def next_logits(llm: LLM, seq: Sequence[int], fn: Optional[Callable] = None) -> torch.Tensor:
+    "Next-token logits [vocab] after token list `seq`: one full forward without a cache (with `edit_layer(llm, fn)` when `fn` is given)."
+    with (edit_layer(llm, fn) if fn is not None else contextlib.nullcontext()):
+        return llm.model(input_ids=torch.tensor([list(seq)], device=llm.device)).logits[0, -1].float()
 
 # %% ../nbs/09_steering.ipynb #c018
 class GLPPost:
