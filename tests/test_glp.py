@@ -13,7 +13,7 @@ from glp_nb.core import GLPCfg
 from glp_nb.glp import (GLP, Normalizer, TransformerMLPDenoiser, flow_loss, load_authors_glp, load_glp, make_glp,
                         meta_params, n_params, preset, save_authors_layout, save_glp, time_grid, timestep_embedding)
 
-# ---------------------------------------------------------------------------------------------- sizes (paper.md §4.2)
+# ---------------------------------------------------------------------------------------------- sizes (docs/paper_notes.md, section 3)
 LADDER = [(2048, 3, 453_117_952), (2048, 6, 855_881_728), (2048, 12, 1_661_409_280),
           (2048, 24, 3_272_464_384), (4096, 6, 3_423_039_488)]
 

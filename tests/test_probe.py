@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from glp_nb.core import get_profile
+from glp_nb.core import get_profile, temp_env
 from glp_nb import probe
 from glp_nb.probe import (split, balanced_rows, load_dataset, binary_datasets, probe_1d, sklearn_1d, one_d, auc_cols,
                           last_token_acts, task_acts, cache_path, bootstrap_ci, probe_texts, check_labelled, left_truncate)
@@ -71,29 +71,23 @@ def test_two_hook_pass_matches_models_on_gemma(gemma):
 
 @pytest.fixture(scope="module")
 def sst2_acts(gemma):
-    old = os.environ.get("GLP_NB_DATA")
-    with tempfile.TemporaryDirectory() as d:
-        os.environ["GLP_NB_DATA"] = d
-        try:
-            cfg = get_profile("smoke", probe={"max_rows": 160, "max_len": 24}).probe
-            t0 = time.perf_counter(); a = task_acts(gemma, "92_glue_sst2", cfg); t_first = time.perf_counter() - t0
-            t0 = time.perf_counter(); b = task_acts(gemma, "92_glue_sst2", cfg); t_again = time.perf_counter() - t0
-            f = cache_path(gemma, "92_glue_sst2", cfg)
-            # a cache whose prompt digest does not match is recomputed, not reused
-            with np.load(f) as z: kw = {k: z[k] for k in z.files}
-            kw["digest"] = np.array("stale")
-            with open(f, "wb") as fh: np.savez(fh, **kw)
-            c = task_acts(gemma, "92_glue_sst2", cfg)
-        finally:
-            if old is None: del os.environ["GLP_NB_DATA"]
-            else: os.environ["GLP_NB_DATA"] = old
+    with tempfile.TemporaryDirectory() as d, temp_env(GLP_NB_DATA=d):   # the user's GLP_NB_DATA comes back afterwards
+        cfg = get_profile("smoke", probe={"max_rows": 160, "max_len": 24}).probe
+        t0 = time.perf_counter(); a = task_acts(gemma, "92_glue_sst2", cfg); t_first = time.perf_counter() - t0
+        t0 = time.perf_counter(); b = task_acts(gemma, "92_glue_sst2", cfg); t_again = time.perf_counter() - t0
+        f = cache_path(gemma, "92_glue_sst2", cfg)
+        # a cache whose prompt digest does not match is recomputed, not reused
+        with np.load(f) as z: kw = {k: z[k] for k in z.files}
+        kw["digest"] = np.array("stale")
+        with open(f, "wb") as fh: np.savez(fh, **kw)
+        c = task_acts(gemma, "92_glue_sst2", cfg)
     return a, b, c, t_first, t_again, cfg
 
 
 def test_cache(sst2_acts):
     a, b, c, t_first, t_again, _ = sst2_acts
     assert (a["cached"], b["cached"], c["cached"]) == (False, True, False)
-    np.testing.assert_array_equal(a["resid"], b["resid"])
+    np.testing.assert_array_equal(a["resid"], b["resid"])          # read back from the cache file: exact
     np.testing.assert_allclose(a["resid"], c["resid"], rtol=1e-5, atol=1e-4)
     assert t_again < t_first
 

@@ -2,7 +2,7 @@
 import json
 import pytest
 import torch
-from glp_nb.core import get_profile
+from glp_nb.core import get_profile, torch_threads
 from glp_nb.sae import (TopKSAE, sae_loss, train_sae, save_sae, load_sae, sae_dir, sae_metrics, _project_grad, _renorm, _budget)
 
 
@@ -28,9 +28,7 @@ def sparse_data(n, d=32, n_feat=128, k=3, seed=0):
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    old = torch.get_num_threads(); torch.set_num_threads(1)  # tiny tensors: threads cost more than they give
-    yield
-    torch.set_num_threads(old)
+    with torch_threads(1): yield  # tiny tensors: threads cost more than they give; the previous count comes back
 
 
 @pytest.fixture(scope="module")

@@ -26,19 +26,20 @@ def test_left_padded_batch_equals_single(arch, request):
     m = request.getfixturevalue(arch)
     seqs = encode(m, ["one", "a somewhat longer prefix, with more bytes", "mid length"])
     batch = st.generate(m, seqs, 10, batch_size=3)
-    assert batch == [st.generate(m, [s], 10)[0] for s in seqs]
+    single = [st.generate(m, [s], 10)[0] for s in seqs]
+    # a left-padded batch and one sequence alone are different layouts: equal up to argmax flips at fp32 near-ties
+    assert all(st.greedy_match(b, s1, lambda k, p=p, b=b: st.next_logits(m, p + b[:k])) for p, b, s1 in zip(seqs, batch, single))
     assert all(len(c) == 10 for c in batch)
 
 
 def _reference(m, seq0, n, delta, post):
-    "No KV cache: re-run the whole sequence each step, editing every position from the last prompt one on."
-    seq, start = list(seq0), len(seq0) - 1
+    "No KV cache: re-run the whole sequence each step, editing every position from the last prompt one on; (tokens, logits per step)."
+    seq, start, lgs = list(seq0), len(seq0) - 1, []
     def fn(h):
         h = h.clone(); h[:, start:] = post(h[0, start:] + delta)[None]; return h
     for _ in range(n):
-        with edit_layer(m, fn), torch.no_grad(): logits = m.model(input_ids=torch.tensor([seq])).logits
-        seq.append(int(logits[0, -1].argmax()))
-    return seq[len(seq0):]
+        lgs.append(st.next_logits(m, seq, fn)); seq.append(int(lgs[-1].argmax()))
+    return seq[len(seq0):], lgs
 
 
 @pytest.mark.parametrize("arch", ["tl", "tg"])
@@ -48,8 +49,10 @@ def test_cached_steering_equals_full_recompute(arch, request):
     post = lambda x: torch.tanh(x) * 2
     seqs = encode(m, ["steer me", "another, longer prompt here"])
     got = st.generate(m, seqs, 8, delta=torch.stack([w, -w]), post=post)
-    assert got[0] == _reference(m, seqs[0], 8, w, post)
-    assert got[1] == _reference(m, seqs[1], 8, -w, post)
+    # KV cache + left padding vs full recompute: another layout, so equal up to argmax flips at fp32 near-ties
+    for g, s, dw in zip(got, seqs, (w, -w)):
+        ref, lgs = _reference(m, s, 8, dw, post)
+        assert st.greedy_match(g, ref, lambda k: lgs[k]), (g, ref)
 
 
 def test_hook_edits_only_last_position_and_counts_calls(tg):
@@ -75,7 +78,7 @@ def test_glp_post_is_seeded(tg):
     post = st.GLPPost(glp, t_start=0.5, steps=3, seed=7)
     x = torch.randn(4, tg.d)
     a = post(x); post.reset(); b = post(x)
-    assert torch.equal(a, b)
+    assert torch.equal(a, b)   # same noise, inputs and process: exact
     seq = encode(tg, ["reproducible"])
     d = torch.randn(1, tg.d) * 3
     assert st.generate(tg, seq, 6, delta=d, post=post) == st.generate(tg, seq, 6, delta=d, post=post)
@@ -239,7 +242,8 @@ def gemma():
 def test_real_model_batch_equals_single(gemma):
     seqs = encode(gemma, ["I'm still", "Also last year, the government announced plans"])
     batch = st.generate(gemma, seqs, 4, batch_size=2)
-    assert batch == [st.generate(gemma, [s], 4)[0] for s in seqs]
+    single = [st.generate(gemma, [s], 4)[0] for s in seqs]
+    assert all(st.greedy_match(b, s1, lambda k, p=p, b=b: st.next_logits(gemma, p + b[:k])) for p, b, s1 in zip(seqs, batch, single))
     nll = st.cont_nll(gemma, seqs, batch)
     assert np.all(nll < 4)  # greedy continuations are likely under the same model
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np, pandas as pd, pytest, torch
 
-from glp_nb.core import get_profile, save_json
+from glp_nb.core import get_profile, save_json, torch_threads
 from glp_nb.glp import load_glp, make_glp
 from glp_nb.harvest import FORMAT, Store, save_stats, shard_moments, to_bits, write_shard
 from glp_nb.train import (batch_loss, ckpt_name, ckpt_steps, launch_cmd, list_ckpts, load_state, lr_factor,
@@ -36,9 +36,7 @@ def rand_acts(n, d=16, seed=0, rank=4):
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     "Tiny models: one intra-op thread is as fast and far less sensitive to other jobs on the cores."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with torch_threads(1): yield
 
 
 @pytest.fixture(scope="module")
