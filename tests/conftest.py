@@ -10,8 +10,8 @@ WATCHED = ("GLP_NB_DATA", "GLP_NB_OUT", "HOME", "OMP_NUM_THREADS")
 
 
 def _state():
-    return ({k: os.environ.get(k) for k in os.environ if k.startswith("GLP_NB_") or k in WATCHED} |
-            {k: os.environ.get(k) for k in WATCHED}, torch.get_num_threads(), os.getcwd())
+    keys = set(WATCHED) | {k for k in os.environ if k.startswith("GLP_NB_")}
+    return {k: os.environ.get(k) for k in keys}, torch.get_num_threads(), os.getcwd()
 
 
 @pytest.fixture(autouse=True, scope="module")
