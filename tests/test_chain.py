@@ -33,3 +33,14 @@ def test_smoke_figures_have_json(smoke_run):
         assert j["meta"]["profile"] == "smoke" and p.stat().st_size > 5000
     # the committed figures/ folder is never touched by the smoke profile
     assert not (out / "figures").exists()
+
+def test_smoke_chain_skips_test_cells_and_builds_report(smoke_run):
+    "The chain runs pipelines, not test cells (they are `make test`'s), and ends with a report whose figures load in Chromium."
+    from glp_nb.report import check_report
+    out, r, _ = smoke_run
+    ex = json.loads((out / "runs" / "smoke" / "03_harvest.ipynb").read_text())
+    assert any("test-skipped-by-chain" in c.get("metadata", {}).get("tags", []) for c in ex["cells"])
+    assert "TCP without encryption" not in r.stdout + r.stderr      # kernel noise goes to runs/<profile>/logs
+    page = out / "runs" / "smoke" / "report.html"
+    chk = check_report(page)
+    assert chk["loaded"] and chk["results_table"] and chk["images"] and not chk["broken"], chk
