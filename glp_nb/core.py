@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #c003
 from __future__ import annotations
-import os, json, random, subprocess, tempfile, dataclasses, datetime, pathlib, contextlib
+import os, json, random, subprocess, tempfile, dataclasses, datetime, pathlib, contextlib, errno, shutil
 from dataclasses import dataclass, field, asdict, fields, replace
 from pathlib import Path
 from typing import Any, Optional
@@ -14,8 +14,8 @@ import numpy as np
 __all__ = ['PROBE_CPU_TASKS', 'PROFILES', 'ModelCfg', 'CorpusCfg', 'HarvestCfg', 'GLPCfg', 'TrainCfg', 'SampleCfg', 'SAECfg',
            'ScalingCfg', 'EvalCfg', 'SteerCfg', 'ProbeCfg', 'Profile', 'get_profile', 'temp_env', 'torch_threads',
            'isolated', 'repo_root', 'data_dir', 'out_dir', 'fig_dir', 'run_dir', 'seed_everything', 'get_device',
-           'default_threads', 'setup_torch', 'atomic_path', 'save_json', 'load_json', 'git_rev', 'provenance',
-           'save_figure', 'pbar', 'timer']
+           'default_threads', 'setup_torch', 'atomic_path', 'disk_error', 'disk_full', 'save_json', 'load_json',
+           'writer_lock', 'clean_tmp', 'settings_match', 'git_rev', 'provenance', 'save_figure', 'pbar', 'timer']
 
 # %% ../nbs/00_core.ipynb #c006
 @dataclass
@@ -348,12 +348,30 @@ def atomic_path(path):
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
     os.close(fd)
     try:
-        yield Path(tmp)
-        with open(tmp, "rb+") as f: os.fsync(f.fileno())
+        with disk_full(path):
+            yield Path(tmp)
+            with open(tmp, "rb+") as f: os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give them the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp): os.unlink(tmp)
+
+_FULL = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+def disk_error(e: BaseException, path) -> Optional[OSError]:
+    "`e` as an OSError naming `path` and saying 'disk full (or file size limit)' when it is one (ENOSPC, EFBIG, EDQUOT, numpy's short write), else None."
+    if not isinstance(e, OSError): return None
+    short = e.errno is None and "requested and" in str(e) and "written" in str(e)
+    if e.errno not in _FULL and not short: return None
+    return OSError(e.errno or errno.ENOSPC, f"disk full (or file size limit) while writing {path} ({e.strerror or e})", str(path))
+
+@contextlib.contextmanager
+def disk_full(path):
+    "Inside the block, a disk-full OSError (see `disk_error`) is re-raised naming `path`."
+    try: yield
+    except OSError as e:
+        if (err := disk_error(e, path)) is None: raise
+        raise err from e
 
 def _umask():
     m = os.umask(0); os.umask(m); return m
@@ -377,6 +395,64 @@ def _jsonable(o):
     if dataclasses.is_dataclass(o): return asdict(o)
     if hasattr(o, "tolist"): return o.tolist()
     raise TypeError(f"not JSON serialisable: {type(o)}")
+
+# %% ../nbs/00_core.ipynb #c019c
+_HELD = {}   # folder -> [fd, depth] of the writer locks this process holds
+
+@contextlib.contextmanager
+def writer_lock(folder):
+    "Hold `folder`'s one-writer lock (flock on `folder/.lock`, holding our PID) inside a `with` block; a second writer gets an error naming the holder's PID."
+    import fcntl
+    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    key = str(folder.resolve())
+    if key in _HELD:                                      # re-entrant: this process holds it already
+        _HELD[key][1] += 1
+        try: yield
+        finally: _HELD[key][1] -= 1
+        return
+    lock = folder / ".lock"
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.read(fd, 64).decode(errors="replace").strip() or "unknown"; os.close(fd)
+            raise RuntimeError(f"{folder} is being written by another process (PID {pid}, lock file {lock}); wait for it to "
+                               f"finish or stop it. A lock of a process that died is released by the system, so a leftover "
+                               f".lock file is harmless.") from None
+        try: same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError: same = False
+        if same: break
+        os.close(fd)                                      # the previous holder removed the file as we opened it: retry
+    os.ftruncate(fd, 0); os.write(fd, f"{os.getpid()}\n".encode())
+    _HELD[key] = [fd, 0]
+    try: yield
+    finally:
+        del _HELD[key]
+        with contextlib.suppress(FileNotFoundError): os.unlink(lock)
+        fcntl.flock(fd, fcntl.LOCK_UN); os.close(fd)
+
+def clean_tmp(folder) -> list[str]:
+    "Remove the `.*.tmp` files and folders interrupted atomic writes left in `folder`; returns their names."
+    folder, gone = Path(folder), []
+    if not folder.is_dir(): return gone
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") and p.name.endswith(".tmp"):
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+            gone.append(p.name)
+    return gone
+
+def _flat(o, pre: str) -> dict:
+    if not isinstance(o, dict) or not o: return {pre: o}
+    return {k: v for key, val in o.items() for k, v in _flat(val, f"{pre}.{key}").items()}
+
+def settings_match(recorded: Optional[dict], wanted: dict) -> list[str]:
+    "Lines 'key: stored X vs requested Y' for each of `wanted`'s keys (nested ones dotted) whose value differs in `recorded`; [] = reuse is safe."
+    norm = lambda o: json.loads(json.dumps(o, default=_jsonable))
+    rec, out = norm(recorded or {}), []
+    for k, v in norm(wanted).items():
+        a, b = _flat(rec.get(k), k), _flat(v, k)
+        out += [f"{n}: stored {a.get(n)!r} vs requested {b.get(n)!r}" for n in [*b, *(n for n in a if n not in b)] if a.get(n) != b.get(n)]
+    return out
 
 # %% ../nbs/00_core.ipynb #c021
 def git_rev(root=None) -> str:
