@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Iterable, Iterator, Optional
 import numpy as np
 import torch
-from .core import (HarvestCfg, Profile, data_dir, atomic_path, save_json, load_json, git_rev, pbar, timer, torch_threads)
+from .core import (HarvestCfg, Profile, data_dir, atomic_path, save_json, load_json, git_rev, pbar, timer, torch_threads,
+                         writer_lock, settings_match)
 
 # %% auto #0
 __all__ = ['FORMAT', 'to_bits', 'from_bits', 'bf16_ulps', 'assert_bf16_close', 'sha256', 'write_shard', 'check_shard', 'moments',
            'merge', 'shard_moments', 'fold', 'save_stats', 'load_stats', 'buckets', 'block_acts', 'settings',
-           'diff_settings', 'Store', 'model_slug', 'store_dir', 'harvest', 'harvest_profile', 'naive_forward',
-           'bench_harvest']
+           'diff_settings', 'corpus_identity', 'Store', 'model_slug', 'store_dir', 'harvest', 'verify_store',
+           'harvest_profile', 'naive_forward', 'bench_harvest']
 
 # %% ../nbs/03_harvest.ipynb #c006
 def to_bits(x: torch.Tensor) -> np.ndarray:
@@ -188,14 +189,21 @@ def settings(llm: LLM, cfg: HarvestCfg, n_acts: int, split=None, corpus=None) ->
                 corpus=json.loads(json.dumps(corpus, default=str)) if corpus is not None else None)
 
 def diff_settings(stored: dict, want: dict) -> list[str]:
-    "Keys whose values differ (nested one level for `harvest`)."
-    out = []
-    for k, v in want.items():
-        s = stored.get(k)
-        if isinstance(v, dict) and isinstance(s, dict) and k == "harvest":
-            out += [f"{k}.{j}: stored {s.get(j)!r} vs requested {v[j]!r}" for j in v if s.get(j) != v[j]]
-        elif s != v: out.append(f"{k}: stored {s!r} vs requested {v!r}")
-    return out
+    "Keys whose values differ, nested keys dotted (`core.settings_match`)."
+    return settings_match(stored, want)
+
+# %% ../nbs/03_harvest.ipynb #c026a
+def corpus_identity(cfg, split: str) -> dict:
+    "`corpus.corpus_info(cfg)` plus `fingerprint`: SHA-256 over each document's SHA-256 (offline/local sources, streamed), or the hub dataset id."
+    from glp_nb.corpus import corpus_info, docs, source_kind, _hub_name
+    info = corpus_info(cfg)
+    if source_kind(cfg.source) == "hub":
+        name, conf = _hub_name(cfg.source)
+        return info | dict(fingerprint=f"hub:{name}" + (f":{conf}" if conf else ""))
+    h, n = hashlib.sha256(), 0
+    for did, text in docs(cfg, split):
+        h.update(hashlib.sha256(f"{did}\0{text}".encode()).digest()); n += 1
+    return info | dict(fingerprint=f"sha256:{h.hexdigest()}", fingerprint_docs=n)
 
 # %% ../nbs/03_harvest.ipynb #c028
 class Store:
@@ -229,6 +237,10 @@ class Store:
         self.run = None  # throughput of the harvest call that returned this store, if any
 
     complete = property(lambda self: bool(self.manifest.get("complete")))
+    @property
+    def fingerprint(self) -> str:
+        "SHA-256 of what the store holds (width and every shard's rows and checksum): the identity a GLP or SAE records."
+        return hashlib.sha256(json.dumps([self.d, [[s["rows"], s["sha256"]] for s in self.shards]]).encode()).hexdigest()
     nbytes = property(lambda self: sum((self.path / s["file"]).stat().st_size for s in self.shards))
     def __len__(self): return self.n
     def __repr__(self):
@@ -334,6 +346,11 @@ def _open(out: Path, want: dict, threads: int, device: str, log) -> tuple[dict, 
     out.mkdir(parents=True, exist_ok=True)
     mf = out / "manifest.json"
     if not mf.exists():
+        if (left := sorted(p.name for p in out.iterdir() if re.match(r"^(shard_\d{5}\.npy|stats\.npz)$", p.name))):
+            raise FileExistsError(f"{out} holds {len(left)} store file(s) ({', '.join(left[:3])}{', ...' if len(left) > 3 else ''}) "
+                                  f"but no manifest.json, so nothing records what they are and they cannot be resumed. They are "
+                                  f"left as they are: move them away or remove them (rm {out}/shard_*.npy {out}/stats.npz), "
+                                  f"or harvest into another folder.")
         _clean(out, set())
         m = dict(want, git=git_rev(), threads=threads, device=device, shards=[], blocks=0, docs=0, tokens=0, rows=0,
                  complete=False, stop=None)
@@ -366,6 +383,9 @@ def harvest(llm: LLM, docs_iter: Iterable[tuple[str, str]], out, cfg: HarvestCfg
             corpus: Optional[dict] = None, verbose: bool = True) -> Store:
     "Harvest block-L activations of `(doc_id, text)` documents into the store at `out` until `n_acts` rows; resumable."
     out = Path(out)
+    with writer_lock(out): return _harvest(llm, docs_iter, out, cfg, n_acts, split, corpus, verbose)
+
+def _harvest(llm, docs_iter, out: Path, cfg: HarvestCfg, n_acts: int, split, corpus, verbose) -> Store:
     log = print if verbose else (lambda *a: None)
     want = settings(llm, cfg, n_acts, split, corpus)
     m, mom = _open(out, want, torch.get_num_threads(), llm.device.type, log)
@@ -413,29 +433,77 @@ def harvest(llm: LLM, docs_iter: Iterable[tuple[str, str]], out, cfg: HarvestCfg
         f"{s.nbytes / 2**20:.1f} MiB; this run {s.run['tokens']:,} tokens in {secs:.1f}s = {s.run['tok_s']:,.0f} tok/s")
     return s
 
+# %% ../nbs/03_harvest.ipynb #c050b
+def _verify_key(s: Store) -> str:
+    st = [(p.stat().st_size, p.stat().st_mtime_ns) for p in (s.path / x["file"] for x in s.shards)]
+    return hashlib.sha256(json.dumps([s.manifest, st], sort_keys=True, default=str).encode()).hexdigest()
+
+def _scan(path: Path, offset: int, d: int, bufsize: int = 1 << 22) -> tuple[str, int, Optional[int]]:
+    "(SHA-256, non-finite values, first row holding one) of a shard, in one streaming read."
+    h, bad, first, pos = hashlib.sha256(), 0, None, 0
+    with open(path, "rb") as f:
+        h.update(f.read(offset))
+        while chunk := f.read(bufsize):
+            h.update(chunk)
+            nf = (np.frombuffer(chunk, np.uint16) & 0x7F80) == 0x7F80
+            if nf.any():
+                if first is None: first = (pos + int(np.argmax(nf))) // d
+                bad += int(nf.sum())
+            pos += len(chunk) // 2
+    return h.hexdigest(), bad, first
+
+def verify_store(store, allow_incomplete: bool = False, log=print) -> dict:
+    "Check every shard of `store` (checksum + finite values) once before training; cached in `verified.json`. Errors name store and shard."
+    if not isinstance(store, Store): return {}
+    if not store.complete and not allow_incomplete:
+        m = store.manifest
+        raise ValueError(f"store {store.path} is incomplete (its harvest stopped at {m.get('rows', store.n):,} rows of "
+                         f"{m.get('harvest', {}).get('n_acts', '?')}); finish the harvest (rerun it: it resumes) or pass "
+                         f"allow_incomplete=True to train on the rows committed so far")
+    rec, key = store.path / "verified.json", _verify_key(store)
+    if rec.exists():
+        with contextlib.suppress(ValueError, KeyError):
+            if (r := load_json(rec))["key"] == key: return r
+    with timer() as t:
+        for s, off in zip(store.shards, store.offsets):
+            p = store.path / s["file"]
+            digest, bad, first = _scan(p, off, store.d)
+            if digest != s["sha256"]:
+                raise ValueError(f"store {store.path}: shard {s['file']} is corrupt (SHA-256 {digest[:12]}... does not match the "
+                                 f"manifest's {s['sha256'][:12]}...); re-harvest it (rm -r {store.path}, then rerun the harvest)")
+            if bad:
+                raise ValueError(f"store {store.path}: shard {s['file']} holds {bad} non-finite values (NaN/inf), the first in row "
+                                 f"{first}; training on it would give NaN losses. Re-harvest it (rm -r {store.path}, then rerun)")
+    r = dict(key=key, shards=len(store.shards), rows=store.n, bytes=store.nbytes, seconds=round(t.s, 3))
+    save_json(r, rec)
+    log(f"verified {store.path}: {len(store.shards)} shards, {store.n:,} rows, checksums and finite values in {t.s:.2f}s")
+    return r
+
 # %% ../nbs/03_harvest.ipynb #c052
-def _ready(out: Path, P: Profile, split: str, n_acts: int) -> Optional[Store]:
-    "The store at `out` if it is complete and was made with `P`'s model and harvest settings, else None."
+def _ready(out: Path, P: Profile, split: str, n_acts: int, corpus: Optional[dict] = None) -> Optional[Store]:
+    "The store at `out` if complete and made with `P`'s model, harvest settings and `corpus`; None if absent or unfinished; an error naming the keys if made otherwise."
     if not (out / "manifest.json").exists(): return None
-    try: m = load_json(out / "manifest.json")
-    except ValueError: return None
-    h = {k: getattr(P.harvest, k) for k in _CONTENT} | dict(n_acts=int(n_acts))
-    if m.get("complete") and m.get("model") == P.model.name and m.get("harvest") == h and m.get("split") == split:
-        return Store(out)
-    return None
+    m = load_json(out / "manifest.json")
+    want = dict(model=P.model.name, harvest={k: getattr(P.harvest, k) for k in _CONTENT} | dict(n_acts=int(n_acts)), split=split)
+    if corpus is not None: want["corpus"] = corpus
+    if (bad := settings_match(m, want)):
+        raise ValueError(f"the {split} store in {out} was made with other settings than profile {P.name!r} asks for, so it is "
+                         f"not reused:\n  " + "\n  ".join(bad) + f"\nHarvest into a new folder (another GLP_NB_DATA or profile "
+                         f"name) or remove the old one (rm -r {out}).")
+    return Store(out) if m.get("complete") else None
 
 def harvest_profile(P: Profile, llm: Optional[LLM] = None, verbose: bool = True) -> tuple[Store, Store]:
     "Harvest (or reuse) profile `P`'s train and val stores; returns (train_store, val_store)."
-    from glp_nb.corpus import docs, corpus_info
+    from glp_nb.corpus import docs
     out = []
     for split, n in (("train", P.harvest.train_acts), ("val", P.harvest.val_acts)):
-        d = store_dir(P, split, llm)
-        s = _ready(d, P, split, n)
+        d, corpus = store_dir(P, split, llm), corpus_identity(P.corpus, split)
+        s = _ready(d, P, split, n, corpus)
         if s is None:
             if llm is None:
                 from glp_nb.models import load_llm
                 llm = load_llm(P.model)
-            s = harvest(llm, docs(P.corpus, split), d, P.harvest, n, split=split, corpus=corpus_info(P.corpus), verbose=verbose)
+            s = harvest(llm, docs(P.corpus, split), d, P.harvest, n, split=split, corpus=corpus, verbose=verbose)
         out.append(s)
     return tuple(out)
 
