@@ -118,10 +118,26 @@ def fetch(source: str) -> Path:
     return dst
 
 # %% ../nbs/02_corpus.ipynb #c015
-def _read(p: Path) -> str:
-    b = p.read_bytes()
-    try: return b.decode("utf-8")
-    except UnicodeDecodeError: return b.decode("latin-1")  # one BBC file is not UTF-8
+_BOMS = ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"),
+         (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
+
+def _read(p: Path, fallback: Optional[str] = None) -> str:
+    "Text of file `p`: UTF-8, or the encoding its byte-order mark names; else `fallback`, or a clear error naming the file."
+    b = Path(p).read_bytes()
+    enc = next((e for bom, e in _BOMS if b.startswith(bom)), "utf-8")
+    try: t = b.decode(enc)
+    except UnicodeDecodeError as e:
+        if fallback: return b.decode(fallback)
+        line, f = b[:e.start].count(b"\n") + 1, Path(p)
+        src = ("UTF-16LE", "UTF-16 without a byte-order mark (it holds NUL bytes)") if b"\x00" in b else \
+              ("CP1253", "a legacy encoding (cp1252/cp1253, Shift-JIS, ...)")
+        raise ValueError(f"{p} is not {enc.upper()} text: undecodable byte {b[e.start:e.start + 1]!r} on line {line} (offset "
+                         f"{e.start}); it is probably in {src[1]}. Re-encode it to UTF-8 first, e.g. "
+                         f"`iconv -f {src[0]} -t UTF-8 {f.name} > {f.stem}.utf8{f.suffix}`") from None
+    if "\x00" in t and not fallback:
+        raise ValueError(f"{p} holds NUL characters: probably UTF-16 without a byte-order mark; re-encode it to UTF-8 "
+                         f"(e.g. `iconv -f UTF-16LE -t UTF-8`)")
+    return t
 
 def raw_docs(source: str) -> Iterator[tuple[str, str]]:
     "(parent id, full text) of every document of offline source `source`, in file-name order."
@@ -130,7 +146,7 @@ def raw_docs(source: str) -> Iterator[tuple[str, str]]:
     if source == "moby-dick": files = [f for f in files if f.stem not in MOBY_SKIP]
     for f in files:
         rel = f.relative_to(root).with_suffix("").as_posix()
-        yield f"{source}/{rel}", _read(f)
+        yield f"{source}/{rel}", _read(f, fallback="latin-1")  # known data: one BBC file is latin-1
 
 # %% ../nbs/02_corpus.ipynb #c017
 def _passages(raw, cfg: CorpusCfg) -> list[tuple[str, str, str]]:
@@ -169,6 +185,8 @@ def source_kind(source: str) -> str:
     raise ValueError(f"unknown corpus source {source!r}: expected 'offline' (packaged mix), 'fineweb', a hub dataset id "
                      f"'owner/name[:config]', or an existing local folder of .txt files / {', '.join(LOCAL_EXTS)} file")
 
+def _what(v) -> str: return "null" if v is None or (isinstance(v, float) and v != v) else f"{type(v).__name__} {v!r:.40}"  # pandas: null -> NaN
+
 def _local_raw(path: Path, cfg: CorpusCfg) -> Iterator[tuple[str, str]]:
     tag = path.name
     if path.is_dir():
@@ -178,16 +196,20 @@ def _local_raw(path: Path, cfg: CorpusCfg) -> Iterator[tuple[str, str]]:
     elif path.suffix == ".txt":  # one long text: its passages are the documents, so both splits get some
         for k, p in enumerate(passages(_read(path), cfg.max_chars, cfg.min_chars)): yield f"{tag}/p{k:06d}", p
     elif path.suffix == ".jsonl":
-        for i, line in enumerate(path.read_text().splitlines()):
+        for i, line in enumerate(_read(path).split("\n")):
             if not line.strip(): continue
             try: row = json.loads(line)
             except json.JSONDecodeError as e: raise ValueError(f"{path}: line {i+1} is not JSON ({e})") from None
+            if not isinstance(row, dict): raise ValueError(f"{path}: line {i+1} is a JSON {type(row).__name__}, not an object with a 'text' field")
             if "text" not in row: raise ValueError(f"{path}: line {i+1} has no 'text' field (keys: {sorted(row)})")
+            if not isinstance(row["text"], str): raise ValueError(f"{path}: line {i+1}: 'text' is {_what(row['text'])}, not a string; fix or drop that line")
             yield f"{tag}/{row.get('id', i)}", row["text"]
     else:
         import pandas as pd
         df = pd.read_parquet(path)
         if "text" not in df.columns: raise ValueError(f"{path}: no 'text' column (columns: {list(df.columns)})")
+        bad = [k for k, t in enumerate(df["text"]) if not isinstance(t, str)]
+        if bad: raise ValueError(f"{path}: {len(bad)} rows of column 'text' are not strings (first: row {bad[0]}, {_what(df['text'].iloc[bad[0]])}); fix or drop them")
         ids = df["id"].astype(str) if "id" in df.columns else map(str, range(len(df)))
         for i, t in zip(ids, df["text"]): yield f"{tag}/{i}", t
 

@@ -1,0 +1,63 @@
+"""Unclear or silent inputs (issue 11, item 6): each one is now an error (or, where harmless, a warning) that names the
+file, key or value at fault, raised before any heavy work. One test per case; tiny fakes only, no real model."""
+import re
+from pathlib import Path
+import pytest
+import torch
+
+from glp_nb.core import CorpusCfg, GLPCfg, ModelCfg
+from glp_nb.corpus import docs
+from glp_nb.glp import make_glp, save_authors_layout, load_authors_glp
+from glp_nb import models
+from glp_nb.models import tiny_llm, encode, load_llm
+from glp_nb.steer import generate
+
+GREEK = "Η γρήγορη καφέ αλεπού πηδάει πάνω από τον τεμπέλη σκύλο. " * 10
+JAPANESE = "速い茶色の狐がのろまな犬を飛び越えます。" * 20
+
+
+def _docs(src, **kw): return list(docs(CorpusCfg(source=str(src), min_chars=20, val_frac=0.5, **kw), "train")) + \
+                             list(docs(CorpusCfg(source=str(src), min_chars=20, val_frac=0.5, **kw), "val"))
+
+
+# ---------------------------------------------------------------- 1. local corpus encodings
+def test_cp1253_file_is_an_error_naming_it(tmp_path):
+    f = tmp_path / "greek.txt"; f.write_bytes(GREEK.encode("cp1253"))
+    with pytest.raises(ValueError, match=r"greek\.txt is not UTF-8 text: undecodable byte .* on line 1 .*Re-encode it to UTF-8"):
+        docs(CorpusCfg(source=str(f)))
+
+
+def test_shift_jis_file_in_a_folder_is_named(tmp_path):
+    (tmp_path / "a_ok.txt").write_text(GREEK, encoding="utf-8")
+    (tmp_path / "b_sjis.txt").write_bytes(JAPANESE.encode("shift_jis"))
+    with pytest.raises(ValueError, match=r"b_sjis\.txt is not UTF-8 text.*iconv"):
+        docs(CorpusCfg(source=str(tmp_path)))
+
+
+def test_utf16_and_utf8_with_bom_are_read(tmp_path):
+    for enc in ("utf-16", "utf-8-sig"):
+        f = tmp_path / f"{enc}.txt"; f.write_bytes(GREEK.strip().encode(enc))
+        got = _docs(f)
+        assert got and all(t in GREEK and "\ufeff" not in t for _, t in got), (enc, got[:1])
+
+
+def test_utf16_without_bom_is_an_error(tmp_path):
+    f = tmp_path / "u16.txt"; f.write_bytes(("Plain English text. " * 20).encode("utf-16-le"))
+    with pytest.raises(ValueError, match=r"u16\.txt holds NUL characters: probably UTF-16 without a byte-order mark"):
+        docs(CorpusCfg(source=str(f)))
+
+
+# ---------------------------------------------------------------- 2. null text in .jsonl (and .parquet)
+def test_jsonl_null_text_names_file_line_and_key(tmp_path):
+    f = tmp_path / "rows.jsonl"
+    f.write_text('{"text": "' + "Some words. " * 30 + '"}\n{"id": 7, "text": null}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"rows\.jsonl: line 2: 'text' is null, not a string"):
+        docs(CorpusCfg(source=str(f)))
+
+
+def test_parquet_null_text_names_file_and_row(tmp_path):
+    pd = pytest.importorskip("pandas"); pytest.importorskip("pyarrow")
+    f = tmp_path / "rows.parquet"
+    pd.DataFrame({"text": ["Some words. " * 30, None, "More words. " * 30]}).to_parquet(f)
+    with pytest.raises(ValueError, match=r"rows\.parquet: 1 rows of column 'text' are not strings \(first: row 1, null\)"):
+        docs(CorpusCfg(source=str(f)))
