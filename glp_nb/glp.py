@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_glp.ipynb #c003
 from __future__ import annotations
-import math, dataclasses
+import os, math, warnings, dataclasses
 from dataclasses import asdict
 from pathlib import Path
 from typing import Optional, Union
@@ -213,6 +213,16 @@ def _rows(layer_idx, i, j):
     "Slice a per-row layer index for chunk [i, j); ints and None pass through."
     return layer_idx[i:j] if torch.is_tensor(layer_idx) and layer_idx.ndim == 1 and layer_idx.numel() > 1 else layer_idx
 
+def _check_finite(x, lead):
+    "Raise if a row of `x` [n, d] holds NaN/inf, naming how many and the first one (an index into the leading shape `lead`)."
+    bad = ~torch.isfinite(x).all(-1)
+    n = int(bad.sum())
+    if not n: return
+    i, at = int(bad.nonzero()[0, 0]), []
+    for s in reversed(tuple(lead)): at.append(i % s); i //= s
+    at = tuple(reversed(at))
+    raise ValueError(f"activations: {n} of {x.shape[0]} rows hold NaN or inf (first at index {at[0] if len(at) == 1 else at})")
+
 class GLP(nn.Module):
     "Generative Latent Prior: `normalizer` + `denoiser`; raw activations in and out."
     def __init__(self, normalizer: Normalizer, denoiser: nn.Module, cfg: Optional[GLPCfg] = None):
@@ -233,9 +243,15 @@ class GLP(nn.Module):
         p = next(self.denoiser.parameters(), None)
         return p.dtype if p is not None else torch.float32
 
-    def _prep(self, x_raw):
+    def _prep(self, x_raw, finite: bool = False):
+        "`x_raw` [..., d] as rows [n, d], after checking it is a float tensor of width d (and, with `finite`, free of NaN/inf)."
+        if not torch.is_tensor(x_raw): raise TypeError(f"expected activations as a torch.Tensor, got {type(x_raw).__name__}")
+        if not x_raw.is_floating_point():
+            raise TypeError(f"activations must be a float tensor, got dtype {x_raw.dtype}; convert them first (e.g. x.float())")
         if x_raw.shape[-1] != self.d: raise ValueError(f"expected activations [..., {self.d}], got {tuple(x_raw.shape)}")
-        return x_raw.reshape(-1, self.d)
+        x = x_raw.reshape(-1, self.d)
+        if finite: _check_finite(x, x_raw.shape[:-1])
+        return x
 
     def _chunks(self, n, chunk, progress, desc):
         if chunk < 1: raise ValueError(f"chunk must be >= 1, got {chunk}")
@@ -261,7 +277,7 @@ class GLP(nn.Module):
                 layer_idx=None, chunk: int = 8192, progress: bool = False):
         "On-manifold projection (SDEdit): normalize, noise to t_start, Euler back to 0, denormalize. Raw in, raw out."
         ts = time_grid(steps, t_start, grid)
-        x = self._prep(x_raw); out = []
+        x = self._prep(x_raw, finite=True); out = []
         for i, j in self._chunks(x.shape[0], chunk, progress, "project"):
             li = _rows(layer_idx, i, j)
             x0 = self.normalizer.norm(x[i:j].to(self.device, torch.float32), li)
@@ -275,7 +291,7 @@ class GLP(nn.Module):
         "Meta-neurons [..., depth*d_mlp]: one forward pass at `t` on normalized x noised with fixed-seed noise."
         if not 0.0 <= t <= 1.0: raise ValueError(f"t must be in [0, 1], got {t}")
         generator = generator or torch.Generator().manual_seed(seed)
-        x = self._prep(x_raw); out = []
+        x = self._prep(x_raw, finite=True); out = []
         for i, j in self._chunks(x.shape[0], chunk, progress, "meta-neurons"):
             li = _rows(layer_idx, i, j)
             x0 = self.normalizer.norm(x[i:j].to(self.device, torch.float32), li)
@@ -377,23 +393,57 @@ def authors_key_map(depth: int, multi_layer: bool = False) -> dict:
     return out
 
 # %% ../nbs/04_glp.ipynb #c045
+_HUB_HINT = "a hub id must be 'owner/name', e.g. 'generative-latent-prior/glp-llama1b-d3'"
+
 def _resolve_folder(folder_or_hub_id, checkpoint: str) -> Path:
-    p = Path(str(folder_or_hub_id)).expanduser()
-    if p.exists():
-        if not p.is_dir(): raise NotADirectoryError(f"{p} is not a folder")
-        return p
+    "The local folder of `folder_or_hub_id`: an existing folder, else a hub repo 'owner/name' (downloaded, or from the cache offline)."
     s = str(folder_or_hub_id)
-    if s.startswith((".", "/", "~")) or s.count("/") != 1:
-        raise FileNotFoundError(f"no folder {s!r} (and it is not a hub id like 'generative-latent-prior/glp-llama1b-d3')")
+    p = Path(s).expanduser()
+    if p.exists():
+        if not p.is_dir(): raise NotADirectoryError(f"{p} is not a folder (expected config.yaml, rep_statistics.pt, <checkpoint>.safetensors inside)")
+        return p
+    if isinstance(folder_or_hub_id, os.PathLike) or s.startswith((".", "/", "~")) or s.count("/") != 1:
+        raise FileNotFoundError(f"no such folder: {s!r} (no folder at {p.absolute()}); {_HUB_HINT}")
     from huggingface_hub import snapshot_download
-    return Path(snapshot_download(repo_id=s, allow_patterns=["config.yaml", "rep_statistics.pt", f"{checkpoint}.safetensors"]))
+    from glp_nb.models import hub_reachable
+    online = hub_reachable()
+    try: return Path(snapshot_download(repo_id=s, allow_patterns=["config.yaml", "rep_statistics.pt", f"{checkpoint}.safetensors"],
+                                       local_files_only=not online))
+    except Exception as e:
+        why = ("the Hugging Face hub is unreachable (offline) and the local hub cache does not hold it" if not online
+               else f"the hub cannot serve it ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})")
+        raise FileNotFoundError(f"{s!r}: no such folder (no folder at {p.absolute()}), and as a hub id {why}; {_HUB_HINT}") from None
+
+_AUTHORS_KEYS = {  # model sections of config.yaml -> the keys the authors' code reads there
+    "glp_kwargs": {"normalizer_config", "denoiser_config", "tracedict_config"},
+    "glp_kwargs.denoiser_config": {"d_input", "d_model", "d_mlp", "n_layers", "multi_layer_n_layers"},
+    "glp_kwargs.normalizer_config": {"rep_statistic", "normalization_method"},
+}
+_AUTHORS_TOP = {  # their glp_train.TrainConfig fields and the other top-level keys of their released configs
+    "model_name", "glp_kwargs", "shuffle", "train_dataset", "rep_statistic", "dynamic_dataset", "use_bf16", "num_epochs",
+    "epoch_size", "batch_size", "learning_rate", "lr_scheduler", "gradient_accumulation_steps", "gradient_clipping_threshold",
+    "log_every_n_steps", "save_every_n_steps", "save_epochs", "save_opt_state", "output_path", "wandb_enabled",
+    "wandb_entity", "wandb_project", "wandb_run_name", "save_root", "run_name", "dataset_root"}
+
+def _check_keys(path: Path, conf: dict):
+    "Refuse unknown keys in config.yaml's model sections (naming them and the file); warn about unknown top-level keys."
+    for sec, known in _AUTHORS_KEYS.items():
+        d = conf
+        for k in sec.split("."): d = (d or {}).get(k) if isinstance(d, dict) else None
+        extra = sorted(set(d or {}) - known) if isinstance(d, dict) else []
+        if extra: raise ValueError(f"{path}: unknown key(s) {extra} in {sec} (known: {sorted(known)}); they would change the model, "
+                                   f"and this loader cannot honour them")
+    extra = sorted(set(conf) - _AUTHORS_TOP)
+    if extra: warnings.warn(f"{path}: top-level key(s) {extra} are not in the authors' training config; ignored")
 
 def _authors_config(path: Path) -> dict:
     import yaml
     try: conf = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e: raise ValueError(f"corrupt YAML in {path}: {e}") from None
-    dc = ((conf or {}).get("glp_kwargs") or {}).get("denoiser_config")
+    if not isinstance(conf, dict) or not isinstance(conf.get("glp_kwargs"), dict): raise KeyError(f"{path}: no glp_kwargs section")
+    dc = conf["glp_kwargs"].get("denoiser_config")
     if not isinstance(dc, dict): raise KeyError(f"{path}: no glp_kwargs.denoiser_config")
+    _check_keys(path, conf)
     out = {}
     for k in ("d_input", "d_model", "d_mlp", "n_layers"):
         if k not in dc: raise KeyError(f"{path}: glp_kwargs.denoiser_config has no {k!r} (keys: {sorted(dc)})")

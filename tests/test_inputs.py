@@ -61,3 +61,69 @@ def test_parquet_null_text_names_file_and_row(tmp_path):
     pd.DataFrame({"text": ["Some words. " * 30, None, "More words. " * 30]}).to_parquet(f)
     with pytest.raises(ValueError, match=r"rows\.parquet: 1 rows of column 'text' are not strings \(first: row 1, null\)"):
         docs(CorpusCfg(source=str(f)))
+
+
+# ---------------------------------------------------------------- 3. GLP.project
+@pytest.fixture(scope="module")
+def glp(): return make_glp(4, GLPCfg(depth=1, d_model=8, d_mlp=8), torch.zeros(4), torch.ones(4))
+
+
+def test_project_nonfinite_rows_counted_and_located(glp):
+    x = torch.randn(6, 4); x[2, 1] = float("nan"); x[4, 3] = float("inf")
+    with pytest.raises(ValueError, match=r"2 of 6 rows hold NaN or inf \(first at index 2\)"):
+        glp.project(x)
+
+
+def test_project_refuses_integer_input(glp):
+    with pytest.raises(TypeError, match=r"must be a float tensor, got dtype torch\.int64"):
+        glp.project(torch.ones(3, 4, dtype=torch.int64))
+
+
+def test_project_keeps_the_float_dtype(glp):
+    for dt in (torch.float64, torch.float32, torch.bfloat16):
+        assert glp.project(torch.randn(3, 4).to(dt), steps=2).dtype == dt
+
+
+# ---------------------------------------------------------------- 6. load_authors_glp: folders, hub ids, config keys
+@pytest.fixture
+def offline_hub(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)      # relative names resolve here, where nothing exists
+
+
+@pytest.mark.parametrize("name", ["./ld/nope", "ld/nope/deeper", "nope", "~/no/such/glp"])
+def test_missing_path_is_no_such_folder(offline_hub, name):
+    with pytest.raises(FileNotFoundError, match=rf"no such folder: {re.escape(repr(name))}.*a hub id must be 'owner/name'"):
+        load_authors_glp(name)
+
+
+def test_missing_path_object_is_a_folder_not_a_hub_id(offline_hub):
+    with pytest.raises(FileNotFoundError, match=r"no such folder: 'ld/nope'"):
+        load_authors_glp(Path("ld/nope"))
+
+
+def test_owner_name_offline_says_neither_folder_nor_hub(offline_hub):
+    with pytest.raises(FileNotFoundError, match=r"'ld/nope': no such folder .*as a hub id the Hugging Face hub is unreachable"):
+        load_authors_glp("ld/nope")
+
+
+@pytest.fixture
+def authors_folder(tmp_path):
+    g = make_glp(4, GLPCfg(depth=1, d_model=8, d_mlp=8), torch.zeros(4), torch.ones(4))
+    return save_authors_layout(g, tmp_path / "glp")
+
+
+def test_unknown_denoiser_key_is_refused(authors_folder):
+    c = authors_folder / "config.yaml"
+    c.write_text(c.read_text().replace("    d_mlp: 8\n", "    d_mlp: 8\n    activation: gelu\n"))
+    assert "activation: gelu" in c.read_text()
+    with pytest.raises(ValueError, match=r"config\.yaml: unknown key\(s\) \['activation'\] in glp_kwargs\.denoiser_config"):
+        load_authors_glp(authors_folder)
+
+
+def test_unknown_top_level_key_warns(authors_folder):
+    c = authors_folder / "config.yaml"
+    c.write_text(c.read_text() + "activation: gelu\nlearning_rate: 5.0e-05\n")
+    with pytest.warns(UserWarning, match=r"config\.yaml: top-level key\(s\) \['activation'\] are not in the authors' training config"):
+        g = load_authors_glp(authors_folder)
+    assert g.d == 4
