@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_models.ipynb #c003
 from __future__ import annotations
-import os, json, time, shutil, socket, tempfile, contextlib, importlib.util
+import os, json, time, numbers, shutil, socket, tempfile, contextlib, importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -13,7 +13,7 @@ from torch import nn
 from .core import ModelCfg, data_dir, get_device, save_json, timer
 
 # %% auto #0
-__all__ = ['PACKAGED', 'LLM', 'middle_layer', 'check_layer', 'get_layers', 'ByteTokenizer', 'tiny_llm', 'encode', 'pad',
+__all__ = ['PACKAGED', 'DTYPES', 'LLM', 'middle_layer', 'check_layer', 'get_layers', 'ByteTokenizer', 'tiny_llm', 'encode', 'pad',
            'forward_to_layer', 'mlp_neurons', 'edit_layer', 'model_cache', 'hub_reachable', 'load_llm', 'save_llm']
 
 # %% ../nbs/01_models.ipynb #c006
@@ -40,12 +40,19 @@ def middle_layer(n_layers: int) -> int:
     "The paper's 'middlemost' layer index."
     return n_layers // 2 - 1
 
+def _check_layer_type(layer, name: str = "model"):
+    "Raise unless `layer` is None or an integer (bool excluded); needs no model, so it runs before any loading."
+    if layer is not None and (isinstance(layer, bool) or not isinstance(layer, numbers.Integral)):
+        raise TypeError(f"layer must be an integer block index (or None for the middle layer) of {name}, "
+                        f"got {layer!r} ({type(layer).__name__})")
+
 def check_layer(layer: Optional[int], n_layers: int, name: str = "model") -> int:
     "Resolve `layer` (None = middle) and check it is a block index of a model with `n_layers` blocks."
     if layer is None: return middle_layer(n_layers)
-    if not isinstance(layer, int) or not 0 <= layer < n_layers:
+    _check_layer_type(layer, name)
+    if not 0 <= layer < n_layers:
         raise ValueError(f"layer {layer!r} is out of range for {name}: it has {n_layers} layers, valid layers are 0..{n_layers-1}")
-    return layer
+    return int(layer)
 
 def get_layers(model: nn.Module) -> nn.ModuleList:
     "The list of decoder blocks of a HF causal LM (Llama, Gemma, Qwen, Mistral... all keep them at `.model.layers`)."
@@ -251,17 +258,25 @@ def _n_layers(config) -> int:
     c = getattr(config, "text_config", None) or config
     return c.num_hidden_layers
 
+DTYPES = ("float32", "bfloat16", "float16")
+
+def _check_dtype(dtype) -> torch.dtype:
+    "The torch dtype named by `dtype` (one of `DTYPES`, or that torch.dtype); a clear error for anything else."
+    s = str(dtype).removeprefix("torch.")
+    if s not in DTYPES: raise ValueError(f"ModelCfg.dtype {dtype!r} is not supported; use one of {DTYPES}")
+    return getattr(torch, s)
+
 def load_llm(cfg: ModelCfg = None) -> LLM:
     "Load the subject LLM of `cfg` (packaged key, hub id or local folder) and resolve its layer."
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     cfg = cfg or ModelCfg()
+    _check_layer_type(cfg.layer, cfg.name); dtype = _check_dtype(cfg.dtype)  # cheap checks first
     if cfg.name in PACKAGED: check_layer(cfg.layer, PACKAGED[cfg.name]["n_layers"], cfg.name)  # before any conversion
     src, kw = _resolve(cfg.name)
     config = AutoConfig.from_pretrained(src, **kw)
     n = _n_layers(config)
     layer = check_layer(cfg.layer, n, cfg.name)
     dev = get_device(cfg.device)
-    dtype = getattr(torch, cfg.dtype)
     model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, **kw).to(dev).eval()
     tok = AutoTokenizer.from_pretrained(src, **kw)
     tok.padding_side = "right"

@@ -84,6 +84,25 @@ def test_project_keeps_the_float_dtype(glp):
         assert glp.project(torch.randn(3, 4).to(dt), steps=2).dtype == dt
 
 
+# ---------------------------------------------------------------- 5. load_llm: layer type, dtype, both before loading
+@pytest.fixture
+def no_loading(monkeypatch):
+    "Fail the test if load_llm gets as far as resolving (converting, downloading) a model."
+    def boom(name): raise AssertionError(f"load_llm resolved {name!r} before validating its config")
+    monkeypatch.setattr(models, "_resolve", boom)
+
+
+@pytest.mark.parametrize("layer", [8.0, True, "8"])
+def test_load_llm_layer_must_be_an_integer(no_loading, layer):
+    with pytest.raises(TypeError, match=rf"layer must be an integer block index .* got {re.escape(repr(layer))}"):
+        load_llm(ModelCfg(layer=layer))
+
+
+def test_load_llm_unknown_dtype_before_conversion(no_loading):
+    with pytest.raises(ValueError, match=r"ModelCfg\.dtype 'float8' is not supported; use one of \('float32', 'bfloat16', 'float16'\)"):
+        load_llm(ModelCfg(dtype="float8"))
+
+
 # ---------------------------------------------------------------- 6. load_authors_glp: folders, hub ids, config keys
 @pytest.fixture
 def offline_hub(monkeypatch, tmp_path):
