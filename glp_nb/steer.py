@@ -61,8 +61,13 @@ def generate(llm: LLM, seqs: Sequence[Sequence[int]], new_tokens: int, delta: Op
              post: Optional[Callable] = None, batch_size: int = 64, bar=None, stats: Optional[dict] = None) -> list[list[int]]:
     "Greedy continuations (`new_tokens` ids each) of `seqs`, steering row i by `delta[i]` then `post` at every new position."
     n = len(seqs)
-    if delta is not None and tuple(delta.shape) != (n, llm.d):
-        raise ValueError(f"delta must have shape ({n}, {llm.d}) (one row per sequence), got {tuple(delta.shape)}")
+    if delta is not None:
+        delta = torch.as_tensor(delta)
+        if tuple(delta.shape) != (n, llm.d):
+            raise ValueError(f"delta must have shape ({n}, {llm.d}) (one row per sequence), got {tuple(delta.shape)}")
+        bad = ~torch.isfinite(delta).all(-1)
+        if bad.any(): raise ValueError(f"steering delta: {int(bad.sum())} of {n} rows hold NaN or inf (first: row {int(bad.nonzero()[0, 0])}); "
+                                       f"check the direction (a zero vector normalised to unit length is NaN) and the coefficient")
     if new_tokens < 1: raise ValueError(f"new_tokens must be >= 1, got {new_tokens}")
     order = sorted(range(n), key=lambda i: len(seqs[i]))
     out = [None] * n

@@ -84,6 +84,15 @@ def test_project_keeps_the_float_dtype(glp):
         assert glp.project(torch.randn(3, 4).to(dt), steps=2).dtype == dt
 
 
+# ---------------------------------------------------------------- 4. generate with a NaN steering delta
+def test_generate_refuses_nonfinite_delta():
+    m = tiny_llm("llama", layers=2, d=32)
+    seqs = encode(m, ["one", "two"])
+    delta = torch.zeros(2, m.d); delta[1, 5] = float("nan")
+    with pytest.raises(ValueError, match=r"steering delta: 1 of 2 rows hold NaN or inf \(first: row 1\)"):
+        generate(m, seqs, 3, delta=delta)
+
+
 # ---------------------------------------------------------------- 5. load_llm: layer type, dtype, both before loading
 @pytest.fixture
 def no_loading(monkeypatch):
