@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_sae.ipynb #c003
 from __future__ import annotations
-import json, math, time
+import json, math, time, contextlib
 from pathlib import Path
 from typing import Optional
 import numpy as np
@@ -12,10 +12,11 @@ import pandas as pd
 import torch
 from torch import nn
 import torch.nn.functional as F
-from .core import Profile, atomic_path, data_dir, save_json, load_json, pbar, timer, seed_everything, get_device
+from .core import (Profile, atomic_path, data_dir, save_json, load_json, pbar, timer, seed_everything, get_device,
+                         writer_lock, clean_tmp, settings_match)
 
 # %% auto #0
-__all__ = ['TopKSAE', 'sae_loss', 'train_sae', 'sae_dir', 'save_sae', 'load_sae', 'sae_metrics']
+__all__ = ['TopKSAE', 'sae_loss', 'train_sae', 'sae_dir', 'save_sae', 'sae_ready', 'load_sae', 'sae_metrics']
 
 # %% ../nbs/06_sae.ipynb #c006
 class TopKSAE(nn.Module):
@@ -101,8 +102,17 @@ def _renorm(sae): sae.W_dec /= sae.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-
 def _budget(P: Profile, n_acts=None) -> int:
     return int(n_acts or P.sae.n_acts or P.train.n_acts)
 
-def train_sae(P: Profile, train_store, out=None, n_acts: Optional[int] = None, sae: Optional[TopKSAE] = None, progress: bool = True):
+def train_sae(P: Profile, train_store, out=None, n_acts: Optional[int] = None, sae: Optional[TopKSAE] = None, progress: bool = True,
+              allow_incomplete: bool = False, log=print):
     "Train a TopK SAE (new, or `sae`) on `train_store` with `P.sae` for `n_acts` activations (default P.sae.n_acts, else P.train.n_acts); save to `out`."
+    from glp_nb.harvest import verify_store
+    verify_store(train_store, allow_incomplete, log)
+    if out is None: return _train_sae(P, train_store, None, n_acts, sae, progress)
+    with writer_lock(out):
+        if (gone := clean_tmp(out)): log(f"{out}: removed temporaries of an interrupted write: {', '.join(gone)}")
+        return _train_sae(P, train_store, out, n_acts, sae, progress)
+
+def _train_sae(P: Profile, train_store, out, n_acts, sae, progress):
     c = P.sae
     n_acts = _budget(P, n_acts)
     bs = c.batch_size
@@ -121,6 +131,7 @@ def train_sae(P: Profile, train_store, out=None, n_acts: Optional[int] = None, s
     since = torch.zeros(sae.n_latents, dtype=torch.long, device=dev)   # activations since each latent last fired
     rows, step, epoch, t0 = [], 0, 0, time.perf_counter()
     bar = pbar(total=steps * bs, desc="sae", unit="act", disable=not progress)
+    nf = torch.zeros((), dtype=torch.long, device=dev)   # CUDA: 1-based step of the first non-finite loss, checked at log points
     while step < steps:
         for x in train_store.batches(bs, seed=c.seed, epoch=epoch, drop_last=True):
             x = x.to(dev, non_blocking=True)
@@ -128,12 +139,16 @@ def train_sae(P: Profile, train_store, out=None, n_acts: Optional[int] = None, s
             dead = since >= c.dead_after
             for g in opt.param_groups: g["lr"] = lr_at(step)
             loss, aux, act = sae_loss(sae, sae.norm(x), dead if c.aux_coef else None, c.aux_k)
+            fin = torch.isfinite(loss.detach()) & torch.isfinite(aux.detach())
+            if dev.type == "cuda": nf = torch.where((nf == 0) & ~fin, step + 1, nf)
+            elif not fin: _nonfinite(step + 1, steps, out)
             opt.zero_grad(set_to_none=True)
             (loss + c.aux_coef * aux).backward()
             _project_grad(sae); opt.step(); _renorm(sae)
             since += len(x); since[act.unique()] = 0
             step += 1; bar.update(len(x))
             if step % c.log_every == 0 or step == steps:
+                if dev.type == "cuda" and (b := int(nf.item())): _nonfinite(b, steps, out)
                 rows.append(dict(step=step, acts=step * bs, lr=lr_at(step - 1), fvu=loss.item(), aux_fvu=aux.item(),
                                  dead_frac=dead.float().mean().item(), act_s=step * bs / (time.perf_counter() - t0)))
             if step >= steps: break
@@ -141,10 +156,18 @@ def train_sae(P: Profile, train_store, out=None, n_acts: Optional[int] = None, s
     bar.close()
     sae = sae.cpu().eval()      # callers get (and the file holds) a CPU model, like load_sae
     df = pd.DataFrame(rows)
-    if out is not None:
-        save_sae(sae, out, train=dict(n_acts=steps * bs, epochs=epoch, cfg=c.__dict__, seconds=round(time.perf_counter() - t0, 1)))
+    if out is not None:   # config.json last: it marks a finished SAE (sae_ready)
+        bad = [n for n, p in sae.named_parameters() if not torch.isfinite(p).all()]
+        if bad: raise FloatingPointError(f"not writing the SAE in {out}: parameter(s) {bad} hold NaN/inf")
+        (Path(out) / "config.json").unlink(missing_ok=True)
         with atomic_path(Path(out) / "metrics.csv") as tmp: df.to_csv(tmp, index=False)
+        save_sae(sae, out, train=dict(n_acts=steps * bs, epochs=epoch, cfg=c.__dict__, seconds=round(time.perf_counter() - t0, 1),
+                                      store=getattr(train_store, "fingerprint", None)))
     return sae, df
+
+def _nonfinite(step: int, steps: int, out):
+    raise FloatingPointError(f"non-finite SAE loss at step {step} of {steps}{f' (run {out})' if out else ''}: training stopped and "
+                             f"nothing was written. Check the store (verify_store) or lower sae.lr.")
 
 # %% ../nbs/06_sae.ipynb #c017
 def sae_dir(P: Profile, run: str = "main") -> Path:
@@ -159,6 +182,18 @@ def save_sae(sae: TopKSAE, folder, **info) -> Path:
         save_file({k: v.detach().contiguous() for k, v in sae.state_dict().items()}, str(tmp))
     save_json(dict(kind="topk_sae", d=sae.d, n_latents=sae.n_latents, k=sae.k, **info), folder / "config.json")
     return folder
+
+def sae_ready(out, P: Profile, store, n_acts: Optional[int] = None, log=print):
+    "(sae, metrics) saved in `out` if all its files exist and it was trained with `P.sae`, this budget and on `store`; else None (the log says why)."
+    out = Path(out)
+    if (miss := [f for f in ("config.json", "sae.safetensors", "metrics.csv") if not (out / f).exists()]):
+        if len(miss) < 3: log(f"the SAE in {out} is unfinished ({', '.join(miss)} missing): training it again")
+        return None
+    bs = P.sae.batch_size
+    want = dict(n_acts=max(1, _budget(P, n_acts) // bs) * bs, cfg=P.sae.__dict__, store=getattr(store, "fingerprint", None))
+    if (bad := settings_match(load_json(out / "config.json").get("train", {}), want)):
+        log(f"the SAE in {out} was trained otherwise ({'; '.join(bad)}): training it again"); return None
+    return load_sae(out), pd.read_csv(out / "metrics.csv")
 
 def load_sae(folder) -> TopKSAE:
     "Load an SAE saved by `save_sae` (the 06_sae notebook makes the profile's SAE under `sae_dir(P)`)."

@@ -8,13 +8,14 @@ import math, os, time, queue, shutil, threading, contextlib, functools
 from pathlib import Path
 from typing import Optional
 import numpy as np, pandas as pd, torch
-from .core import Profile, TrainCfg, data_dir, atomic_path, save_json, pbar, timer
+from .core import (Profile, TrainCfg, data_dir, atomic_path, save_json, pbar, timer, writer_lock, clean_tmp,
+                         settings_match, disk_full)
 from .glp import make_glp, flow_loss, save_glp, load_glp
 
 # %% auto #0
 __all__ = ['glp_dir', 'lr_factor', 'make_scheduler', 'ckpt_steps', 'bits_to_f32', 'store_batches', 'batch_stream', 'Prefetch',
-           'step_seed', 'batch_loss', 'HeldOut', 'ckpt_name', 'list_ckpts', 'save_ckpt', 'load_state', 'train_glp',
-           'launch_cmd', 'RowDataset', 'loader_bench', 'matmul_flops', 'nn_dist', 'pca2']
+           'step_seed', 'batch_loss', 'HeldOut', 'ckpt_name', 'list_ckpts', 'check_finite', 'save_ckpt', 'load_state',
+           'newest_ckpt', 'train_glp', 'launch_cmd', 'RowDataset', 'loader_bench', 'matmul_flops', 'nn_dist', 'pca2']
 
 # %% ../nbs/05_train.ipynb #c006
 def glp_dir(P: Profile, run: str = "main") -> Path:
@@ -160,12 +161,13 @@ class HeldOut:
         return ((tgt - tgt.mean((0, 1))) ** 2).mean().item()
 
 # %% ../nbs/05_train.ipynb #c027
-def _run_key(cfg: TrainCfg, B: int, total: int, glp, store) -> dict:
-    "What must match for a checkpoint to be resumed by this run: schedule, optimizer, GLP shape, training store size."
+def _run_key(cfg: TrainCfg, B: int, total: int, glp, store, val=None) -> dict:
+    "What must match for a checkpoint to be resumed by this run: schedule, optimizer, GLP shape, training store size and the stores' identity."
     den = glp.denoiser
     return dict(batch_size=B, total_steps=total, seed=cfg.seed, lr=cfg.lr, warmup_frac=cfg.warmup_frac,
                 warmup_start=cfg.warmup_start, final_lr_frac=cfg.final_lr_frac, weight_decay=cfg.weight_decay, clip=cfg.clip,
-                glp=[int(getattr(den, k, 0)) for k in ("d_input", "d_model", "d_mlp", "depth")], store=[int(store.n), int(store.d)])
+                glp=[int(getattr(den, k, 0)) for k in ("d_input", "d_model", "d_mlp", "depth")], store=[int(store.n), int(store.d)],
+                data=dict(train=getattr(store, "fingerprint", None), val=getattr(val, "fingerprint", None)))
 
 def ckpt_name(acts: int) -> str: return f"ckpt_{acts:012d}"
 
@@ -174,19 +176,39 @@ def list_ckpts(out) -> list[Path]:
     out = Path(out)
     return sorted(p for p in out.glob("ckpt_*") if p.is_dir() and (p / "state.pt").exists()) if out.exists() else []
 
+def check_finite(model, what):
+    "Raise unless every parameter of `model` is finite; `what` names the thing that was about to be written."
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad: raise FloatingPointError(f"not writing {what}: {len(bad)} parameter(s) hold NaN/inf (first: {bad[0]})")
+
 def save_ckpt(folder, glp, opt, sched, state: dict, rows: list):
-    "Write a checkpoint folder atomically (temporary folder, then rename)."
+    "Write a checkpoint folder atomically (temporary folder, then rename); refuses non-finite weights."
     folder = Path(folder); tmp = folder.parent / f".{folder.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
-    save_glp(glp, tmp)
-    rng = dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
-    torch.save(dict(state, optimizer=opt.state_dict(), scheduler=sched.state_dict(), rng=rng), tmp / "state.pt")
-    pd.DataFrame(rows).to_csv(tmp / "metrics.csv", index=False)
-    shutil.rmtree(folder, ignore_errors=True); os.replace(tmp, folder)
+    check_finite(glp, f"checkpoint {folder}")
+    with disk_full(folder):
+        shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
+        save_glp(glp, tmp)
+        rng = dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
+        torch.save(dict(state, optimizer=opt.state_dict(), scheduler=sched.state_dict(), rng=rng), tmp / "state.pt")
+        pd.DataFrame(rows).to_csv(tmp / "metrics.csv", index=False)
+        shutil.rmtree(folder, ignore_errors=True); os.replace(tmp, folder)
 
 def load_state(folder) -> dict:
     "The training state of a checkpoint (weights_only load)."
     return torch.load(Path(folder) / "state.pt", map_location="cpu", weights_only=True)
+
+def newest_ckpt(out, log=print, main: bool = True):
+    "(folder, state, GLP, metrics rows) of the newest intact checkpoint in `out`, or None; damaged ones are moved aside to `damaged-ckpt_*` (by the main process) and named."
+    for c in reversed(list_ckpts(out)):
+        try: return c, load_state(c), load_glp(c), pd.read_csv(c / "metrics.csv").to_dict("records")
+        except Exception as e:
+            if not main: continue
+            aside = c.with_name(f"damaged-{c.name}")
+            if aside.exists(): aside = c.with_name(f"damaged-{c.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+            with contextlib.suppress(FileNotFoundError): os.replace(c, aside)
+            log(f"checkpoint {c} is damaged ({type(e).__name__}: {str(e)[:200]}); kept aside as {aside.name}, "
+                f"resuming from the previous one (remove {aside} when you no longer need it)")
+    return None
 
 # %% ../nbs/05_train.ipynb #c029
 def _accelerator():
@@ -198,37 +220,51 @@ def _write_metrics(rows, out):
 
 def train_glp(P: Profile, train_store, val_store, out, glp=None, n_acts: Optional[int] = None, accelerator=None,
               resume: bool = True, stop_step: Optional[int] = None, prefetch: int = 4, progress: bool = True, log=print,
-              on_mismatch: str = "error"):
+              on_mismatch: str = "error", allow_incomplete: bool = False):
     """Train a GLP on `train_store` with `P.train`; checkpoints and metrics under `out`. Returns (glp, metrics DataFrame).
-    Resumes from the last checkpoint in `out`; checkpoints of a run with other settings raise, or with `on_mismatch='restart'`
-    are deleted and training starts over."""
-    cfg, out = P.train, Path(out)
+    Resumes from the last intact checkpoint in `out`; checkpoints of a run with other settings raise, or with `on_mismatch='restart'`
+    are deleted and training starts over. Stores are verified first (`verify_store`; `allow_incomplete` for an unfinished one)."""
+    acc = accelerator or _accelerator()
+    with writer_lock(out) if acc.is_main_process else contextlib.nullcontext():
+        return _train_glp(P, train_store, val_store, Path(out), glp, n_acts, acc, resume, stop_step, prefetch, progress, log,
+                          on_mismatch, allow_incomplete)
+
+def _nonfinite(step: int, total: int, out, lr: float):
+    raise FloatingPointError(f"non-finite training loss at step {step} of {total} in {out}: training stopped, nothing of this step "
+                             f"or later was written (earlier checkpoints are intact). Check the stores (verify_store) or lower "
+                             f"the learning rate (train.lr={lr}).")
+
+def _train_glp(P, train_store, val_store, out: Path, glp, n_acts, acc, resume, stop_step, prefetch, progress, log, on_mismatch,
+               allow_incomplete):
+    from glp_nb.harvest import verify_store
+    cfg = P.train
     B, n_acts = cfg.batch_size, n_acts or cfg.n_acts
     if train_store.d != val_store.d: raise ValueError(f"train store has d={train_store.d} but validation store has d={val_store.d}")
     if train_store.n < B: raise ValueError(f"train store {getattr(train_store, 'path', '')} has {train_store.n} rows < batch_size {B}")
-    acc = accelerator or _accelerator()
     rank, world, main, dev = acc.process_index, acc.num_processes, acc.is_main_process, acc.device
     if B % world: raise ValueError(f"batch_size {B} is not divisible by {world} processes")
     total = max(1, math.ceil(n_acts / B)); ckpts = set(ckpt_steps(total, cfg.n_ckpts))
+    for s in (train_store, val_store): verify_store(s, allow_incomplete, log if main else (lambda *a: None))
     if glp is None:
         torch.manual_seed(cfg.seed)                     # the initialization is part of the run, like the data order
         glp = make_glp(train_store.d, P.glp, train_store.mean, train_store.var)
-    key = _run_key(cfg, B, total, glp, train_store)
+    key = _run_key(cfg, B, total, glp, train_store, val_store)
     state, rows = None, []
     if on_mismatch not in ("error", "restart"): raise ValueError(f"on_mismatch must be 'error' or 'restart', not {on_mismatch!r}")
-    done = list_ckpts(out) if resume else []
-    if done and (old := load_state(done[-1])["key"]) != key:
+    if main and (gone := clean_tmp(out)): log(f"{out}: removed temporaries of an interrupted write: {', '.join(gone)}")
+    done = newest_ckpt(out, log, main) if resume else None
+    if done and (bad := settings_match(done[1]["key"], key)):
         if on_mismatch == "error":
-            raise ValueError(f"checkpoints in {out} come from another run {old} (this one: {key}); use another folder")
+            raise ValueError(f"checkpoints in {out} come from another run; differing:\n  " + "\n  ".join(bad)
+                             + "\nUse another folder, or on_mismatch='restart' to delete that run and start over.")
         if acc.is_main_process:
-            log(f"{out} holds a run with other settings {old}; deleting it and starting over")
+            log(f"{out} holds a run with other settings ({'; '.join(bad)}); deleting it and starting over")
             for p in [*out.glob("ckpt_*"), *out.glob(".ckpt_*.tmp")]: shutil.rmtree(p)
             for f in ("metrics.csv", "model.safetensors", "config.json"): (out / f).unlink(missing_ok=True)
-        acc.wait_for_everyone(); done = []
+        acc.wait_for_everyone(); done = None
     if done:
-        state = load_state(done[-1])
-        glp.load_state_dict(load_glp(done[-1]).state_dict())
-        rows = pd.read_csv(done[-1] / "metrics.csv").to_dict("records")
+        _, state, old, rows = done
+        glp.load_state_dict(old.state_dict())
     glp.to(dev)
     model = acc.prepare_model(glp.denoiser)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
@@ -255,6 +291,7 @@ def train_glp(P: Profile, train_store, val_store, out, glp=None, n_acts: Optiona
         rows = [dict(step=0, acts=0, epoch=0, lr=opt.param_groups[0]["lr"], train_loss=float("nan"), **evaluate(),
                      const_loss=const, act_s=float("nan"), data_s=0.0, step_s=0.0)]
     lsum, lcnt, t_data, t_step, t_wall = torch.zeros((), device=dev), 0, 0.0, 0.0, time.perf_counter()
+    nf = torch.zeros((), dtype=torch.long, device=dev)   # CUDA: 1-based step of the first non-finite loss, checked without a sync
     n_epochs = math.ceil(total * B / train_store.n)
     bar = pbar(total=total * B, desc=f"train ep {epoch + 1}/{n_epochs}", unit="act", initial=step * B, disable=not (progress and main))
     stream = Prefetch(batch_stream(train_store, B, cfg.seed, epoch, index, rank, world), prefetch) if step < total else iter(())
@@ -265,6 +302,8 @@ def train_glp(P: Profile, train_store, val_store, out, glp=None, n_acts: Optiona
             ep, idx, x = next(stream)
             t1 = time.perf_counter()
             with amp: loss = batch_loss(model, glp.normalizer, x, step, cfg.seed, rank, world)   # x: our slice
+            if dev.type == "cuda": nf = torch.where((nf == 0) & ~torch.isfinite(loss.detach()), step + 1, nf)
+            elif not torch.isfinite(loss): _nonfinite(step + 1, total, out, cfg.lr)
             opt.zero_grad(set_to_none=True)
             acc.backward(loss)
             if cfg.clip: acc.clip_grad_norm_(model.parameters(), cfg.clip)
@@ -274,6 +313,7 @@ def train_glp(P: Profile, train_store, val_store, out, glp=None, n_acts: Optiona
             bar.update(B)
             if ep != cur_ep: cur_ep = ep; bar.set_description(f"train ep {ep + 1}/{n_epochs}")
             if step % cfg.eval_every and step not in ckpts and step != total: continue
+            if dev.type == "cuda" and (b := int(nf.item())): _nonfinite(b, total, out, cfg.lr)
             tl = acc.reduce(lsum, "mean").item() / lcnt
             wall = time.perf_counter() - t_wall
             if main:
@@ -291,7 +331,8 @@ def train_glp(P: Profile, train_store, val_store, out, glp=None, n_acts: Optiona
         if isinstance(stream, Prefetch): stream.close()
         bar.close()
     if main and step == total:
-        save_glp(glp, out)
+        check_finite(glp, f"the GLP in {out}")
+        with disk_full(out): save_glp(glp, out)
         _write_metrics(rows, out)
     acc.wait_for_everyone()
     df = pd.DataFrame(rows)
