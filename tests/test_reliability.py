@@ -182,7 +182,7 @@ HOLD = textwrap.dedent("""
 """)
 
 
-def _wait_lock(p, proc, secs=120):
+def _wait_lock(p, proc, secs=600):   # the subprocess imports torch + transformers: slow on a busy machine
     t = time.time()
     while time.time() - t < secs:
         if (p / ".lock").exists() and (p / ".lock").read_text().strip() == str(proc.pid): return
