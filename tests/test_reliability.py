@@ -9,6 +9,7 @@ from glp_nb.models import tiny_llm
 from glp_nb.harvest import FORMAT, Store, harvest, harvest_profile, save_stats, shard_moments, store_dir, to_bits, write_shard, verify_store
 from glp_nb.train import list_ckpts, train_glp
 from glp_nb.sae import sae_ready, train_sae
+from stores import array_store
 
 HCFG = HarvestCfg(max_len=48, block_docs=4, shard_acts=150, batch_tokens=256)
 TP = dict(glp=dict(depth=1, d_model=32, d_mlp=64),
@@ -20,18 +21,6 @@ QUIET = dict(progress=False, log=lambda *a: None)
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     with torch_threads(1): yield
-
-
-def array_store(X, path, shard=1000, complete=True) -> Store:
-    "Rows `X` [n, d] written in the activation-store format at `path`, opened."
-    path = Path(path); path.mkdir(parents=True, exist_ok=True); shards, mom = [], []
-    for k, i in enumerate(range(0, len(X), shard)):
-        u = to_bits(X[i:i + shard]); name = f"shard_{k:05d}.npy"
-        shards.append(dict(file=name, rows=len(u), sha256=write_shard(path / name, u))); mom.append(shard_moments(u, 4096))
-    save_stats(path / "stats.npz", [m[0] for m in mom], np.stack([m[1] for m in mom]), np.stack([m[2] for m in mom]))
-    save_json(dict(format=FORMAT, model="random", layer=0, d=X.shape[1], dtype="bfloat16", split=path.name, shards=shards,
-                   complete=complete, harvest=dict(n_acts=10**6), rows=len(X)), path / "manifest.json")
-    return Store(path)
 
 
 def rand_acts(n, d=16, seed=0):

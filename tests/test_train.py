@@ -7,23 +7,12 @@ import numpy as np, pandas as pd, pytest, torch
 from glp_nb.core import get_profile, save_json, torch_threads
 from glp_nb.glp import load_glp, make_glp
 from glp_nb.harvest import FORMAT, Store, save_stats, shard_moments, to_bits, write_shard
+from stores import array_store
 from glp_nb.train import (batch_loss, ckpt_name, ckpt_steps, launch_cmd, list_ckpts, load_state, lr_factor,
                           make_scheduler, train_glp)
 
 COLS = ["step", "acts", "epoch", "lr", "train_loss", "val_loss"]
 TINY = dict(glp=dict(depth=2, d_model=64, d_mlp=128))
-
-
-def array_store(X, path, shard=1000) -> Store:
-    "Write rows `X` [n, d] in the activation-store format and open them."
-    path = Path(path); path.mkdir(parents=True, exist_ok=True); shards, mom = [], []
-    for k, i in enumerate(range(0, len(X), shard)):
-        u = to_bits(X[i:i + shard]); name = f"shard_{k:05d}.npy"
-        shards.append(dict(file=name, rows=len(u), sha256=write_shard(path / name, u))); mom.append(shard_moments(u, 4096))
-    save_stats(path / "stats.npz", [m[0] for m in mom], np.stack([m[1] for m in mom]), np.stack([m[2] for m in mom]))
-    save_json(dict(format=FORMAT, model="random", layer=0, d=X.shape[1], dtype="bfloat16", split=path.name, shards=shards,
-                   complete=True), path / "manifest.json")
-    return Store(path)
 
 
 def rand_acts(n, d=16, seed=0, rank=4):
