@@ -11,11 +11,12 @@ from typing import Any, Optional
 import numpy as np
 
 # %% auto #0
-__all__ = ['PROBE_CPU_TASKS', 'PROFILES', 'ModelCfg', 'CorpusCfg', 'HarvestCfg', 'GLPCfg', 'TrainCfg', 'SampleCfg', 'SAECfg',
-           'ScalingCfg', 'EvalCfg', 'SteerCfg', 'ProbeCfg', 'Profile', 'get_profile', 'temp_env', 'torch_threads',
-           'isolated', 'repo_root', 'data_dir', 'out_dir', 'fig_dir', 'run_dir', 'seed_everything', 'get_device',
-           'default_threads', 'setup_torch', 'atomic_path', 'disk_error', 'disk_full', 'save_json', 'load_json',
-           'writer_lock', 'clean_tmp', 'settings_match', 'git_rev', 'provenance', 'save_figure', 'pbar', 'timer']
+__all__ = ['PROBE_CPU_TASKS', 'PROFILES', 'LIMITS', 'ModelCfg', 'CorpusCfg', 'HarvestCfg', 'GLPCfg', 'TrainCfg', 'SampleCfg',
+           'SAECfg', 'ScalingCfg', 'EvalCfg', 'SteerCfg', 'ProbeCfg', 'NeuronsCfg', 'Profile', 'get_profile',
+           'check_profile', 'temp_env', 'torch_threads', 'isolated', 'repo_root', 'data_dir', 'out_dir', 'fig_dir',
+           'run_dir', 'seed_everything', 'get_device', 'default_threads', 'setup_torch', 'atomic_path', 'disk_error',
+           'disk_full', 'save_json', 'load_json', 'writer_lock', 'clean_tmp', 'settings_match', 'git_rev', 'provenance',
+           'save_figure', 'lookup', 'fill', 'measured', 'pbar', 'timer']
 
 # %% ../nbs/00_core.ipynb #c006
 @dataclass
@@ -160,11 +161,15 @@ class ProbeCfg:
     seed: int = 42
     batch_tokens: int = 8192           # token budget of one padded LLM batch when reading prompts
     n_check: int = 16                  # features per dataset cross-checked (and timed) against sklearn in the pipeline
-    mn_docs: int = 300                 # 11_meta_neurons: held-out documents scanned for top activations
-    mn_len: int = 64                   # tokens per document there (the authors use 64)
-    mn_tasks: int = 6                  # tasks whose best meta-neuron is shown
-    mn_top: int = 3                    # top documents per meta-neuron (paper Table 5 shows 3)
-    mn_bold: int = 3                   # tokens bolded per document
+
+@dataclass
+class NeuronsCfg:
+    "Top activations of the best meta-neurons (11_meta_neurons; seed, batch_tokens and t come from ProbeCfg)."
+    docs: int = 300                    # held-out documents scanned for top activations
+    length: int = 64                   # tokens per document (the authors use 64)
+    tasks: int = 6                     # tasks whose best meta-neuron is shown
+    top: int = 3                       # top documents per meta-neuron (paper Table 5 shows 3)
+    bold: int = 3                      # tokens bolded per document
 
 @dataclass
 class Profile:
@@ -181,6 +186,7 @@ class Profile:
     eval: EvalCfg = field(default_factory=EvalCfg)
     steer: SteerCfg = field(default_factory=SteerCfg)
     probe: ProbeCfg = field(default_factory=ProbeCfg)
+    neurons: NeuronsCfg = field(default_factory=NeuronsCfg)
     threads: Optional[int] = None  # torch CPU threads; None = all cores
 
 # %% ../nbs/00_core.ipynb #c008
@@ -204,7 +210,8 @@ PROFILES = {
         steer=dict(rs=(0.5, 1.5), n_prefixes=4, new_tokens=6, n_features=3, feature_prompts=1, n_boot=100, steps=4,
                    diffmean_n=100, heldout_n=100, context_docs=4, scaling_prefixes=3, scaling_ckpts=1, feature_freq=(0.001, 0.2)),
         probe=dict(datasets=("92_glue_sst2", "113_movie_sent"), max_rows=160, max_len=64, top_k=32, n_boot=200, ts=(0.1, 0.5),
-                   n_check=4, mn_docs=16, mn_len=32, mn_tasks=2),
+                   n_check=4),
+        neurons=dict(docs=16, length=32, tasks=2),
     ),
     "cpu": dict(
         harvest=dict(max_len=1024, train_acts=1_050_000, val_acts=60_000),
@@ -225,11 +232,12 @@ PROFILES = {
         sample=dict(n_gen=20000, pca_steps=(1, 4, 20, 100)),
         scaling=dict(widths=((256, 512, 2), (640, 1280, 3), (1280, 2560, 3), (1280, 2560, 6), (1280, 2560, 12), (1280, 2560, 24)),
                      n_acts=40_000_000, batch_size=4096, n_ckpts=8, lr=2e-4),
-        probe=dict(batch_tokens=65536, mn_docs=2000),   # all 113 tasks, all rows, 1024 tokens (the paper's setting)
+        probe=dict(batch_tokens=65536),   # all 113 tasks, all rows, 1024 tokens (the paper's setting)
+        neurons=dict(docs=2000),
     ),
 }
 
-def _merge(dc, over: dict):
+def _merge(dc, over: dict, where: str = ""):
     "Return a copy of dataclass `dc` with fields from `over`, rejecting unknown keys by name."
     names = {f.name for f in fields(dc)}
     bad = set(over) - names
@@ -237,14 +245,72 @@ def _merge(dc, over: dict):
     kw = {}
     for k, v in over.items():
         cur = getattr(dc, k)
-        kw[k] = _merge(cur, v) if dataclasses.is_dataclass(cur) and isinstance(v, dict) else v
+        kw[k] = _merge(cur, v, f"{where}{k}.") if dataclasses.is_dataclass(cur) and isinstance(v, dict) else v
     return replace(dc, **kw)
 
 def get_profile(name: str = "cpu", **overrides) -> Profile:
-    "The profile `name` ('smoke', 'cpu', 'gpu'), with per-stage `overrides` such as `train={'lr': 1e-4}`."
+    "The profile `name` ('smoke', 'cpu', 'gpu'), with per-stage `overrides` such as `train={'lr': 1e-4}`; every field is checked (`check_profile`)."
     if name not in PROFILES: raise KeyError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
     p = _merge(Profile(name=name), PROFILES[name])
-    return _merge(p, overrides) if overrides else p
+    return check_profile(_merge(p, overrides) if overrides else p)
+
+# %% ../nbs/00_core.ipynb #c008w
+import typing
+
+LIMITS = {  # field -> (test, what it means); fields not listed only get the type check
+    "positive": (lambda v: v > 0, "> 0"), "nonneg": (lambda v: v >= 0, ">= 0"), "frac": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "open_frac": (lambda v: 0 < v < 1, "in (0, 1)"), "t": (lambda v: 0 < v <= 1, "in (0, 1]"),
+}
+_RULES = {
+    "harvest": dict(max_len="positive", train_acts="positive", val_acts="positive", batch_tokens="positive", block_docs="positive",
+                    shard_acts="positive", bench_tokens="positive", pca_rows="positive"),
+    "corpus": dict(val_frac="open_frac", max_chars="positive", min_chars="nonneg", stats_docs="positive"),
+    "glp": dict(d_model_mult="positive", d_mlp_mult="positive", depth="positive", d_model="positive", d_mlp="positive"),
+    "train": dict(lr="positive", batch_size="positive", n_acts="positive", warmup_frac="frac", warmup_start="frac", final_lr_frac="frac",
+                  weight_decay="nonneg", clip="positive", n_ckpts="positive", eval_every="positive", eval_acts="positive"),
+    "sample": dict(steps="positive", t_start="t", n_gen="positive"),
+    "sae": dict(expansion="positive", k="positive", lr="positive", batch_size="positive", n_acts="positive", aux_k="nonneg",
+                aux_coef="nonneg", dead_after="positive", log_every="positive", eval_acts="positive"),
+    "scaling": dict(n_acts="positive", batch_size="positive", n_ckpts="positive", lr="positive", n_boot="positive"),
+    "eval": dict(fd_n="positive", fd_ladder_steps="positive", dlm_docs="positive", dlm_len="positive", dlm_batch="positive",
+                 n_boot="positive", massive_mult="positive"),
+    "steer": dict(n_prefixes="positive", new_tokens="positive", n_features="positive", feature_prompts="positive", n_boot="positive",
+                  t_start="t", steps="positive", diffmean_n="positive", heldout_n="positive", context_docs="positive",
+                  scaling_prefixes="positive", scaling_ckpts="positive", batch_size="positive", massive="nonneg"),
+    "probe": dict(max_rows="positive", max_len="positive", top_k="positive", t="t", n_boot="positive", batch_tokens="positive",
+                  n_check="nonneg"),
+    "neurons": dict(docs="positive", length="positive", tasks="positive", top="positive", bold="nonneg"),
+}
+_CHOICES = {("steer", "grid"): ("ours", "authors"), ("model", "dtype"): ("float32", "bfloat16", "float16")}
+
+def _typed(v, tp, name: str):
+    "`v` checked against annotation `tp` (lists become tuples for tuple fields); a TypeError naming `name` otherwise."
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Union:
+        if v is None and type(None) in args: return None
+        return _typed(v, next(a for a in args if a is not type(None)), name)
+    ok = {int: lambda: isinstance(v, int) and not isinstance(v, bool), float: lambda: isinstance(v, (int, float)) and not isinstance(v, bool),
+          bool: lambda: isinstance(v, bool), str: lambda: isinstance(v, str), tuple: lambda: isinstance(v, (tuple, list))}.get(tp)
+    if ok is not None and not ok():
+        raise TypeError(f"config field {name} must be {getattr(tp, '__name__', tp)}, got {v!r} ({type(v).__name__})")
+    return tuple(_typed(x, tuple, name) if isinstance(x, list) else x for x in v) if tp is tuple else v
+
+def check_profile(p: Profile) -> Profile:
+    "`p` with every field type-checked and range-checked (errors name the field, e.g. 'train.lr'); list values of tuple fields become tuples."
+    kw = {}
+    for f in fields(p):
+        cfg = getattr(p, f.name)
+        if not dataclasses.is_dataclass(cfg): continue
+        hints, new = typing.get_type_hints(type(cfg)), {}
+        for g in fields(cfg):
+            name, v = f"{f.name}.{g.name}", getattr(cfg, g.name)
+            v = new[g.name] = _typed(v, hints[g.name], name)
+            rule = _RULES.get(f.name, {}).get(g.name)
+            if rule and v is not None and not LIMITS[rule][0](v): raise ValueError(f"config field {name} must be {LIMITS[rule][1]}, got {v!r}")
+            if (ch := _CHOICES.get((f.name, g.name))) and v not in ch: raise ValueError(f"config field {name} must be one of {ch}, got {v!r}")
+        kw[f.name] = replace(cfg, **new)
+    if p.threads is not None: _typed(p.threads, int, "threads")
+    return replace(p, **kw)
 
 # %% ../nbs/00_core.ipynb #c009b
 @contextlib.contextmanager
@@ -477,6 +543,43 @@ def save_figure(fig, name: str, data: dict, profile: Profile, **meta) -> Path:
     with atomic_path(png) as tmp: fig.savefig(tmp, dpi=130, bbox_inches="tight", format="png")
     save_json({"meta": provenance(profile, **meta), **data}, d / f"{name}.json")
     return png
+
+# %% ../nbs/00_core.ipynb #c022n
+import string, re as _re
+
+_PART = _re.compile(r"\.?([^.\[\]]+)|\[([^\]]+)\]")
+
+def lookup(obj, path: str, what: str = "json"):
+    "The value at dotted/bracketed `path` ('a.b[c d].0') inside `obj`; a KeyError naming `what` and the path when absent."
+    cur, done = obj, []
+    for m in _PART.finditer(path):
+        k = m.group(1) or m.group(2)
+        if isinstance(cur, list) and _re.fullmatch(r"-?\d+", k) and -len(cur) <= int(k) < len(cur): cur = cur[int(k)]
+        elif isinstance(cur, dict) and k in cur: cur = cur[k]
+        else:
+            have = sorted(cur)[:12] if isinstance(cur, dict) else f"a {type(cur).__name__}"
+            raise KeyError(f"{what}: no key {'.'.join(done + [k])!r} (at {'.'.join(done) or 'the top'} there is: {have})")
+        done.append(k)
+    return cur
+
+class _FromJSON(string.Formatter):
+    def __init__(self, figs: Path): self.figs, self.cache = Path(figs), {}
+    def get_field(self, field_name, args, kwargs):
+        name, _, rest = field_name.partition(".")
+        if name not in self.cache:
+            f = self.figs / f"{name}.json"
+            if not f.exists(): raise FileNotFoundError(f"the text asks for {field_name!r} but {f} does not exist (which stage writes it has not run)")
+            self.cache[name] = load_json(f)
+        return lookup(self.cache[name], rest, f"{self.figs / name}.json") if rest else self.cache[name], field_name
+
+def fill(template: str, figs) -> str:
+    "`template` with every `{file.key...:fmt}` field read from `figs/<file>.json`."
+    return _FromJSON(Path(figs)).format(template)
+
+def measured(template: str, profile: str = "cpu"):
+    "`fill(template)` from the figure folder of `profile`, as Markdown for a notebook cell."
+    from IPython.display import Markdown
+    return Markdown(fill(template, fig_dir(profile)))
 
 # %% ../nbs/00_core.ipynb #c024
 import time
