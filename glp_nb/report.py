@@ -136,7 +136,7 @@ def build_report(profile: str, run_dir: Path | None = None, figs: Path | None = 
 chain total {total / 60:.1f} min &middot; figures from <code>{e(_rel(figs, rd))}/</code> &middot; page written {now}</p>
 <nav><a href="#results">Results</a><a href="#stages">Stages</a><a href="#figures">Figures ({len(pngs)})</a></nav>
 <section id="results"><h2>Results</h2>
-{results_html(render_results(figs, tj))}
+{results_html(render_results(figs))}
 </section>
 <section id="stages"><h2>Stages</h2>
 <table id="stage-table"><thead><tr><th>notebook (executed, as HTML)</th><th>status</th><th>min</th><th>share</th><th>source</th></tr></thead>
