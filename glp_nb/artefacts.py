@@ -125,4 +125,6 @@ def reuse(folder, wanted: dict, record: str = "settings.json", key: Optional[str
 
 def record(folder, wanted: dict, record: str = "settings.json", key: str = "settings", **extra) -> Path:
     "Write the settings `wanted` (under `key`, with `extra` entries) to `folder/record`, atomically; call it last."
-    return save_json({key: wanted, **extra}, Path(folder) / record)
+    f = Path(folder) / record
+    save_json({key: wanted, **extra}, f)
+    return f

@@ -7,11 +7,11 @@ from __future__ import annotations
 import os, re, io, json, fnmatch, shutil, hashlib, tarfile, tempfile, subprocess, functools, importlib.util
 from pathlib import Path
 from typing import Iterator, Optional
-from .core import CorpusCfg, data_dir, save_json, load_json
+from .core import CorpusCfg, data_dir, save_json, load_json, timer
 
 # %% auto #0
 __all__ = ['OFFLINE', 'MOBY_SKIP', 'HUB_ALIASES', 'LOCAL_EXTS', 'passages', 'split_of', 'corpus_root', 'fetch', 'raw_docs',
-           'source_kind', 'docs', 'corpus_info']
+           'source_kind', 'docs', 'corpus_info', 'corpus_table', 'token_stats', 'run_corpus']
 
 # %% ../nbs/02_corpus.ipynb #c006
 _SENT = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"'”’)\]]))\s+")  # whitespace after a sentence end (and its closing quote)
@@ -271,3 +271,42 @@ def corpus_info(cfg: CorpusCfg = None) -> dict:
         for s, c in counts.items(): c.update(what=OFFLINE[s]["what"], origin=OFFLINE[s]["origin"], license=OFFLINE[s]["license"])
     else: counts["local"].update(path=str(Path(cfg.source).expanduser().resolve()))
     return {**info, "sources": counts}
+
+# %% ../nbs/02_corpus.ipynb #c023a
+def corpus_table(info: dict):
+    "`corpus_info`'s counts as a table: one row per source plus ALL (documents, passages and characters per split)."
+    import pandas as pd
+    cols = ["docs", "passages_train", "passages_val", "chars_train", "chars_val"]
+    t = pd.DataFrame({s: {k: c[k] for k in cols} for s, c in info["sources"].items()}).T
+    t.loc["ALL"] = t.sum()
+    return t.astype(int)
+
+# %% ../nbs/02_corpus.ipynb #c028a
+def token_stats(tok, cfg: CorpusCfg, max_len: int, n_docs: Optional[int] = None):
+    "Passages, characters, tokens and tokens readable at `max_len` per split and source (+ ALL) of corpus `cfg`, counted with tokenizer `tok` (first `n_docs` passages per split; None = all)."
+    import itertools
+    import pandas as pd
+    rows = []
+    for split in ("train", "val"):
+        by = {}
+        for did, text in itertools.islice(docs(cfg, split), n_docs): by.setdefault(did.split("/")[0], []).append(text)
+        for src, texts in sorted(by.items()):
+            n = [len(x) for x in tok(texts, add_special_tokens=True)["input_ids"]]
+            rows.append(dict(split=split, source=src, passages=len(texts), chars=sum(map(len, texts)), tokens=sum(n),
+                             tokens_at_max_len=sum(min(k, max_len) for k in n)))
+    stats = pd.DataFrame(rows)
+    return pd.concat([stats, stats.groupby("split", as_index=False).sum(numeric_only=True).assign(source="ALL")])
+
+# %% ../nbs/02_corpus.ipynb #c028c
+def run_corpus(P, log=print) -> dict:
+    "Stage 02: profile `P`'s corpus counted in tokens of its model (`token_stats`), against the activations the harvest needs."
+    from glp_nb.models import load_llm
+    llm = load_llm(P.model)
+    with timer() as t: stats = token_stats(llm.tok, P.corpus, P.harvest.max_len, P.corpus.stats_docs)
+    log(f"corpus {P.corpus.source!r}, {llm.name} tokens, max_len {P.harvest.max_len} ({t.s:.0f} s to read and tokenize"
+        + (f"; the first {P.corpus.stats_docs} passages per split only)" if P.corpus.stats_docs else ")"))
+    all_tr = stats.query("split == 'train' and source == 'ALL'")
+    tr, n_tr = int(all_tr.tokens_at_max_len.item()), int(all_tr.passages.item())
+    log(f"train tokens readable at max_len {P.harvest.max_len}: {tr:,} ({tr - n_tr:,} without position 0) "
+        f"vs {P.harvest.train_acts:,} activations to harvest")
+    return dict(model=llm.name, stats=stats, seconds=t.s, train_tokens=tr, train_rows=tr - n_tr, train_acts=P.harvest.train_acts)

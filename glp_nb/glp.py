@@ -11,12 +11,14 @@ from typing import Optional, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .core import GLPCfg, atomic_path, save_json, load_json, pbar
+from .core import GLPCfg, atomic_path, save_json, load_json, pbar, timer
+from .stats import standardize
 
 # %% auto #0
-__all__ = ['GRIDS', 'WEIGHTS', 'CONFIG', 'AUTHORS_NAME_MAP', 'AUTHORS_PREFIXES', 'Normalizer', 'timestep_embedding', 'MLPBlock',
-           'TransformerMLPDenoiser', 'preset', 'n_params', 'meta_params', 'noise_to', 'flow_loss', 'time_grid', 'euler',
-           'GLP', 'make_glp', 'save_glp', 'load_glp', 'authors_key_map', 'load_authors_glp', 'save_authors_layout']
+__all__ = ['GRIDS', 'WEIGHTS', 'CONFIG', 'AUTHORS_NAME_MAP', 'AUTHORS_PREFIXES', 'PAPER_SIZES', 'Normalizer',
+           'timestep_embedding', 'MLPBlock', 'TransformerMLPDenoiser', 'preset', 'n_params', 'meta_params', 'noise_to',
+           'flow_loss', 'time_grid', 'euler', 'GLP', 'make_glp', 'save_glp', 'load_glp', 'authors_key_map',
+           'load_authors_glp', 'save_authors_layout', 'subject_width', 'size_table', 'sampling_rate', 'run_glp']
 
 # %% ../nbs/04_glp.ipynb #c006
 class Normalizer(nn.Module):
@@ -48,7 +50,7 @@ class Normalizer(nn.Module):
         "Raw activations -> standardized."
         if x.shape[-1] != self.d: raise ValueError(f"expected last dim {self.d}, got {tuple(x.shape)}")
         m, s = self._stats(x, layer_idx)
-        return (x - m) / s
+        return standardize(x, m, s)
 
     def denorm(self, x, layer_idx=None):
         "Standardized -> raw activations."
@@ -518,3 +520,45 @@ def save_authors_layout(glp: GLP, folder, name: str = "final", prefix: str = "mo
         torch.save({"mean": glp.normalizer.mean.cpu(), "var": glp.normalizer.var.cpu()}, tmp)
     with atomic_path(folder / "config.yaml") as tmp: Path(tmp).write_text(yaml.safe_dump(conf, sort_keys=False))
     return folder
+
+# %% ../nbs/04_glp.ipynb #c053a
+def subject_width(P) -> int:
+    "Hidden size of profile `P`'s subject LLM: from its train store if present, else from the loaded model."
+    from glp_nb.artefacts import store_dir
+    from glp_nb.harvest import Store
+    try: return Store(store_dir(P, "train")).d
+    except Exception: pass
+    try:
+        from glp_nb.models import load_llm
+        return load_llm(P.model).d
+    except Exception as e:
+        raise RuntimeError(f"cannot determine the width of {P.model.name}: harvest the store first (nbs/03_harvest.ipynb) ({e})") from None
+
+PAPER_SIZES = [(f"glp-llama1b-d{k}", 2048, k) for k in (3, 6, 12, 24)] + [("glp-llama8b-d6", 4096, 6)]
+
+def size_table(d: int, P):
+    "The paper's GLP sizes and profile `P`'s (input width `d`): widths, depth, parameters and meta-neurons, counted on the meta device."
+    import pandas as pd
+    rows = [(name, preset(w, k)) for name, w, k in PAPER_SIZES] + [(f"ours ({P.name}, {P.model.name})", preset(d, P.glp.depth, P.glp))]
+    return pd.DataFrame([dict(model=name, **k, params=meta_params(**k), meta_neurons=k["depth"] * k["d_mlp"]) for name, k in rows])
+
+# %% ../nbs/04_glp.ipynb #c053c
+def sampling_rate(glp: GLP, n: int, steps: int) -> dict:
+    "Samples/s and network evaluations/s of `glp.sample(n, steps)` (after a small warm-up), with a check that every sample is finite."
+    glp.sample(64, steps=2)  # warm-up
+    with timer() as tm: out = glp.sample(n, steps=steps, generator=torch.Generator().manual_seed(0), progress=True)
+    if not torch.isfinite(out).all(): raise FloatingPointError(f"sampling {n} x {steps} steps gave non-finite values")
+    return dict(n=n, steps=steps, seconds=tm.s, samples_s=n / tm.s, evals_s=n * steps / tm.s, threads=torch.get_num_threads())
+
+def run_glp(P, log=print) -> dict:
+    "Stage 04: profile `P`'s GLP size against the paper's (`size_table`) and its sampling throughput with random weights."
+    d = subject_width(P)
+    kw = preset(d, P.glp.depth, P.glp)
+    sizes = size_table(d, P)
+    log(sizes.to_string(index=False, formatters=dict(params="{:,}".format, meta_neurons="{:,}".format)))
+    torch.manual_seed(0)
+    g = make_glp(d, P.glp, torch.zeros(d), torch.ones(d)).eval()
+    rate = sampling_rate(g, min(P.sample.n_gen, 2048), P.sample.steps)
+    log(f"sampling throughput ({P.name}, d={d}, {meta_params(**kw):,} params, {P.sample.steps} steps, {rate['threads']} threads): "
+        f"{rate['samples_s']:,.0f} samples/s ({rate['evals_s']:,.0f} network evals/s)")
+    return dict(d=d, preset=kw, n_params=meta_params(**kw), sizes=sizes, sampling=rate)

@@ -12,12 +12,15 @@ import numpy as np
 import torch
 from .core import (HarvestCfg, Profile, data_dir, atomic_path, save_json, load_json, git_rev, pbar, timer, torch_threads,
                          writer_lock, settings_match)
+from .artefacts import store_dir
+from .stats import standardize
 
 # %% auto #0
-__all__ = ['FORMAT', 'to_bits', 'from_bits', 'bf16_ulps', 'assert_bf16_close', 'sha256', 'write_shard', 'check_shard', 'moments',
-           'merge', 'shard_moments', 'fold', 'save_stats', 'load_stats', 'buckets', 'block_acts', 'settings',
-           'diff_settings', 'corpus_identity', 'Store', 'model_slug', 'store_dir', 'harvest', 'verify_store',
-           'harvest_profile', 'naive_forward', 'bench_harvest']
+__all__ = ['FORMAT', 'FP16_MAX', 'to_bits', 'from_bits', 'bf16_ulps', 'assert_bf16_close', 'sha256', 'write_shard', 'check_shard',
+           'moments', 'merge', 'shard_moments', 'fold', 'save_stats', 'load_stats', 'buckets', 'block_acts', 'settings',
+           'diff_settings', 'corpus_identity', 'Store', 'harvest', 'array_store', 'verify_store', 'harvest_profile',
+           'naive_forward', 'bench_harvest', 'activation_stats', 'activation_summary', 'plot_activation_stats',
+           'run_harvest']
 
 # %% ../nbs/03_harvest.ipynb #c006
 def to_bits(x: torch.Tensor) -> np.ndarray:
@@ -25,10 +28,8 @@ def to_bits(x: torch.Tensor) -> np.ndarray:
     return x.detach().to(torch.bfloat16).cpu().contiguous().view(torch.int16).numpy().view(np.uint16)
 
 def from_bits(u16: np.ndarray) -> torch.Tensor:
-    "uint16 array of bf16 bit patterns -> float32 tensor (exact)."
-    u16 = np.ascontiguousarray(u16)
-    if not u16.flags.writeable: u16 = u16.copy()  # torch.from_numpy wants writable memory (memmaps are read-only)
-    return torch.from_numpy(u16.view(np.int16)).view(torch.bfloat16).float()
+    "uint16 array of bf16 bit patterns -> float32 tensor, exactly: the bf16 bits become the upper half of the fp32 bits."
+    return torch.from_numpy((np.ascontiguousarray(u16).astype(np.uint32) << 16).view(np.float32))
 
 # %% ../nbs/03_harvest.ipynb #c007b
 def _ordinal(u16: np.ndarray) -> np.ndarray:
@@ -303,28 +304,6 @@ class Store:
             carry = x[nb * batch_size:]
         if len(carry) and not drop_last: yield from_bits(carry)
 
-# %% ../nbs/03_harvest.ipynb #c030
-def model_slug(name: str) -> str:
-    "A folder-safe name for a model key, hub id or local folder."
-    p = Path(name).expanduser()
-    if p.is_dir(): name = p.resolve().name
-    return re.sub(r"[^A-Za-z0-9._-]+", "--", name).strip("-.") or "model"
-
-def _layer(P: Profile, llm: Optional[LLM] = None) -> int:
-    from glp_nb.models import PACKAGED, middle_layer, check_layer
-    if llm is not None: return llm.layer
-    if P.model.layer is not None: return P.model.layer
-    if P.model.name in PACKAGED: return check_layer(None, PACKAGED[P.model.name]["n_layers"], P.model.name)
-    from transformers import AutoConfig
-    from glp_nb.models import _resolve, _n_layers
-    src, kw = _resolve(P.model.name)
-    return middle_layer(_n_layers(AutoConfig.from_pretrained(src, **kw)))
-
-def store_dir(P: Profile, split: str, llm: Optional[LLM] = None) -> Path:
-    "The activation store folder of profile `P` and `split` ('train' | 'val')."
-    if split not in ("train", "val"): raise ValueError(f"split must be 'train' or 'val', not {split!r}")
-    return data_dir() / "stores" / P.name / f"{model_slug(P.model.name)}-L{_layer(P, llm)}" / split
-
 # %% ../nbs/03_harvest.ipynb #c033
 _STRAY = re.compile(r"^(shard_\d{5}\.npy|\.(shard_\d{5}\.npy|stats\.npz|manifest\.json)\..*\.tmp)$")
 
@@ -433,6 +412,20 @@ def _harvest(llm, docs_iter, out: Path, cfg: HarvestCfg, n_acts: int, split, cor
         f"{s.nbytes / 2**20:.1f} MiB; this run {s.run['tokens']:,} tokens in {secs:.1f}s = {s.run['tok_s']:,.0f} tok/s")
     return s
 
+# %% ../nbs/03_harvest.ipynb #c049b
+def array_store(X, path, shard: int = 1000, complete: bool = True, model: str = "array", layer: int = 0,
+                n_acts: Optional[int] = None) -> Store:
+    "Rows `X` [n, d] written as an activation store at `path` (shards of `shard` rows, stats, manifest; `complete` as given), opened."
+    X = torch.as_tensor(X)
+    path = Path(path); path.mkdir(parents=True, exist_ok=True); shards, mom = [], []
+    for k, i in enumerate(range(0, len(X), shard)):
+        u = to_bits(X[i:i + shard]); name = f"shard_{k:05d}.npy"
+        shards.append(dict(file=name, rows=len(u), sha256=write_shard(path / name, u))); mom.append(shard_moments(u, 4096))
+    _write_stats(path, mom)
+    save_json(dict(format=FORMAT, model=model, layer=layer, d=X.shape[1], dtype="bfloat16", split=path.name, shards=shards,
+                   complete=complete, harvest=dict(n_acts=int(n_acts or len(X))), rows=len(X)), path / "manifest.json")
+    return Store(path)
+
 # %% ../nbs/03_harvest.ipynb #c050b
 def _verify_key(s: Store) -> str:
     st = [(p.stat().st_size, p.stat().st_mtime_ns) for p in (s.path / x["file"] for x in s.shards)]
@@ -539,4 +532,90 @@ def bench_harvest(llm: LLM, docs_iter: Iterable[tuple[str, str]], cfg: HarvestCf
     r = dict(tokens=tot, docs=sum(map(len, blocks)), truncated_s=secs["truncated"], naive_s=secs["naive"],
              truncated_tok_s=tot / secs["truncated"], naive_tok_s=tot / secs["naive"], max_rel_diff=maxdiff)
     r["ratio"] = r["truncated_tok_s"] / r["naive_tok_s"]
+    return r
+
+# %% ../nbs/03_harvest.ipynb #c055c
+FP16_MAX = 65504.0
+
+def activation_stats(store: Store, pca_rows: int, chunk: int = 65536) -> dict:
+    "Arrays describing `store`: row norms and fp16 overflows per row, per-dimension mean/std, cumulative PCA spectra (raw and standardized) of `pca_rows` rows."
+    norms, over = [], []
+    with pbar(total=store.n, desc="row norms", unit="row") as bar:
+        for i in range(0, store.n, chunk):
+            c = store.read(i, min(i + chunk, store.n)); norms.append(c.norm(dim=1)); over.append((c.abs() > FP16_MAX).sum(1))
+            bar.update(len(c))
+    norms, over = torch.cat(norms).numpy(), torch.cat(over).numpy()
+    x = store.sample(min(pca_rows, store.n), seed=0).double()
+    ev = torch.linalg.eigvalsh(torch.cov(x.T)).flip(0).clamp_min(0)
+    z = standardize(x, store.mean.double(), store.var.double().sqrt())
+    evz = torch.linalg.eigvalsh(torch.cov(z.T)).flip(0).clamp_min(0)
+    return dict(n=store.n, norms=norms, over=over, mean=store.mean.numpy(), std=store.var.sqrt().numpy(), pca_rows=len(x),
+                cum=(ev.cumsum(0) / ev.sum()).numpy(), cum_std=(evz.cumsum(0) / evz.sum()).numpy())
+
+def activation_summary(a: dict) -> dict:
+    "The numbers of `activation_stats` that the figure's JSON records."
+    norms, over, mean, std, cum, cumz = a["norms"], a["over"], a["mean"], a["std"], a["cum"], a["cum_std"]
+    o = np.argsort(-std)
+    ks = [k for k in (1, 10, 50, 100) if k <= len(cum)]
+    q = [0.01, 0.1, 0.5, 0.9, 0.99]
+    return dict(
+        norm=dict(mean=float(norms.mean()), max=float(norms.max()), quantiles=dict(zip(map(str, q), np.quantile(norms, q).tolist()))),
+        dim_mean=dict(min=float(mean.min()), median=float(np.median(mean)), max=float(mean.max()), mean_abs=float(np.abs(mean).mean())),
+        dim_std=dict(min=float(std.min()), median=float(np.median(std)), max=float(std.max()), top5_dims=o[:5].tolist(), top5_std=std[o[:5]].tolist()),
+        explained_variance={str(k): float(cum[k - 1]) for k in ks}, pca_rows=a["pca_rows"],
+        explained_variance_standardized={str(k): float(cumz[k - 1]) for k in ks},
+        fp16_overflow_values=int(over.sum()), fp16_overflow_rows_frac=float((over > 0).mean()))
+
+# %% ../nbs/03_harvest.ipynb #c055e
+def plot_activation_stats(r: dict, title: str = ""):
+    "The three panels of the activation-statistics figure from `activation_stats`' arrays `r` (or a results dict holding them under 'arrays')."
+    import matplotlib.pyplot as plt, seaborn as sns
+    a = r.get("arrays", r)
+    mean, std, cum, cumz = a["mean"], a["std"], a["cum"], a["cum_std"]
+    o = np.argsort(-std)
+    with plt.rc_context():
+        sns.set_theme(style="whitegrid", context="paper")
+        fig, ax = plt.subplots(1, 3, figsize=(15, 4))
+        ax[0].hist(a["norms"], bins=100, color="C0"); ax[0].set_yscale("log")
+        ax[0].set(xlabel="‖activation‖₂", ylabel="count (log)", title=f"(a) norms, {a['n']:,} train activations")
+        ax[1].plot(std[o], label="std", color="C1"); ax[1].plot(np.abs(mean[o]), label="|mean|", color="C2", lw=0.8)
+        ax[1].set_yscale("log"); ax[1].legend(); ax[1].set(xlabel="dimension (sorted by std)", title="(b) per-dimension mean and std")
+        ax[2].plot(np.arange(1, len(cum) + 1), cum, color="C3", label="raw")
+        ax[2].plot(np.arange(1, len(cumz) + 1), cumz, color="C4", label="standardized"); ax[2].set_xscale("log"); ax[2].legend()
+        ax[2].set(xlabel="top-k principal components", ylabel="variance explained", title=f"(c) PCA spectrum, {a['pca_rows']:,} rows", ylim=(0, 1.01))
+        fig.suptitle(title or r.get("title", ""))
+        fig.tight_layout()
+    return fig
+
+# %% ../nbs/03_harvest.ipynb #c055g
+def run_harvest(P: Profile, log=print) -> dict:
+    "Stage 03: harvest (or reuse) profile `P`'s stores, benchmark the truncated forward, and save the activation-statistics figure + JSON."
+    import matplotlib.pyplot as plt
+    from glp_nb.core import save_figure
+    from glp_nb.models import load_llm
+    from glp_nb.corpus import docs
+    llm = load_llm(P.model)
+    log(f"{llm} | torch threads: {torch.get_num_threads()}")
+    with timer() as t: train, val = harvest_profile(P, llm)
+    for s in (train, val):
+        run = s.run or {}
+        log(f"{s.manifest['split']:5s}: {s.n:,} activations x {s.d} from {s.manifest['docs']:,} docs ({s.manifest['tokens']:,} tokens), "
+            f"{len(s.shards)} shards, {s.nbytes / 2**20:.1f} MiB on disk ({s.nbytes / max(s.n * s.d, 1):.3f} bytes/value); "
+            + (f"harvested now at {run['tok_s']:,.0f} tok/s in {run['seconds']:.0f}s" if run else "reused from the cache"))
+    log(f"total {t.s:.0f}s")
+    # same documents (the first validation documents), same batches, same process: the ratio is what stopping after block L buys
+    bench = bench_harvest(llm, docs(P.corpus, "val"), P.harvest)
+    log(f"truncated forward: {bench['truncated_tok_s']:,.0f} tok/s | naive full forward + hidden_states: {bench['naive_tok_s']:,.0f} tok/s"
+        f" | ratio {bench['ratio']:.2f}x on {bench['tokens']:,} tokens ({bench['docs']} docs); max rel. diff {bench['max_rel_diff']:.1e}")
+    a = activation_stats(train, P.harvest.pca_rows)
+    data = dict(**activation_summary(a), throughput=bench,
+                stores={s.manifest["split"]: dict(rows=s.n, d=s.d, docs=s.manifest["docs"], tokens=s.manifest["tokens"], shards=len(s.shards),
+                                                  bytes=s.nbytes, path=str(s.path)) for s in (train, val)})
+    r = dict(data, arrays=a, title=f"{P.model.name} layer {llm.layer} activations ({P.name} profile)")
+    fig = plot_activation_stats(r)
+    r["png"] = png = save_figure(fig, "activation_stats", data, P, layer=llm.layer, d=llm.d)
+    plt.close(fig)
+    log(f"{png} | explained variance raw: {({k: round(v, 3) for k, v in data['explained_variance'].items()})} standardized: "
+        f"{({k: round(v, 3) for k, v in data['explained_variance_standardized'].items()})} | values beyond fp16 range: "
+        f"{data['fp16_overflow_values']} | norm median: {round(data['norm']['quantiles']['0.5'], 1)}")
     return r

@@ -13,8 +13,9 @@ from torch import nn
 from .core import ModelCfg, data_dir, get_device, save_json, timer
 
 # %% auto #0
-__all__ = ['PACKAGED', 'DTYPES', 'LLM', 'middle_layer', 'check_layer', 'get_layers', 'ByteTokenizer', 'tiny_llm', 'encode', 'pad',
-           'forward_to_layer', 'mlp_neurons', 'edit_layer', 'model_cache', 'hub_reachable', 'load_llm', 'save_llm']
+__all__ = ['PACKAGED', 'DTYPES', 'BENCH_TEXT', 'LLM', 'middle_layer', 'check_layer', 'get_layers', 'ByteTokenizer', 'tiny_llm',
+           'encode', 'pad', 'forward_to_layer', 'mlp_neurons', 'edit_layer', 'model_cache', 'hub_reachable', 'load_llm',
+           'save_llm', 'bench_forward', 'run_models']
 
 # %% ../nbs/01_models.ipynb #c006
 @dataclass
@@ -120,14 +121,18 @@ def encode(llm: LLM, texts: Sequence[str] | str, max_len: Optional[int] = None) 
     kw = dict(truncation=True, max_length=max_len) if max_len else {}
     return [list(x) for x in llm.tok(list(texts), add_special_tokens=True, **kw)["input_ids"]]
 
-def pad(llm: LLM, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    "Right-pad token lists into (`ids`, `mask`) LongTensors [b, s] on the model's device."
+def pad(llm: LLM, seqs: Sequence[Sequence[int]], side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+    "Pad token lists on `side` ('right' | 'left') into (`ids`, `mask`) LongTensors [b, s] on the model's device."
+    if side not in ("right", "left"): raise ValueError(f"pad: side must be 'right' or 'left', not {side!r}")
     if not len(seqs): raise ValueError("pad: empty batch")
+    if side == "left" and min(len(x) for x in seqs) == 0:
+        raise ValueError("pad: a sequence is empty (left padding puts every row's last token in the last column, so each row needs one)")
     s = max(len(x) for x in seqs)
     ids = torch.full((len(seqs), s), llm.pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), s), dtype=torch.long)
     for i, x in enumerate(seqs):
-        ids[i, :len(x)] = torch.as_tensor(list(x), dtype=torch.long); mask[i, :len(x)] = 1
+        at = slice(0, len(x)) if side == "right" else slice(s - len(x), s)
+        ids[i, at] = torch.as_tensor(list(x), dtype=torch.long); mask[i, at] = 1
     return ids.to(llm.device), mask.to(llm.device)
 
 # %% ../nbs/01_models.ipynb #c020
@@ -294,3 +299,35 @@ def save_llm(llm: LLM, folder) -> Path:
     llm.model.save_pretrained(folder)
     if hasattr(llm.tok, "save_pretrained"): llm.tok.save_pretrained(folder)
     return folder
+
+# %% ../nbs/01_models.ipynb #c040a
+BENCH_TEXT = ("The history of the river valley begins long before the first farms. Travellers described wide meadows, "
+              "slow water and forests that reached the hills, and the towns that grew there traded wool and timber. ") * 40
+
+def bench_forward(llm: LLM, n_rows: int = 8, seq: int = 128, reps: int = 2) -> dict:
+    "tokens/s of `forward_to_layer` vs the full forward with the LM head, on `n_rows` copies of `seq` tokens of `BENCH_TEXT`."
+    ids = torch.tensor([encode(llm, BENCH_TEXT, max_len=seq)[0]] * n_rows).to(llm.device)
+    mask = torch.ones_like(ids)
+    def tps(f):
+        f()  # warm-up
+        with timer() as t:
+            for _ in range(reps): f()
+        return reps * ids.numel() / t.s
+    def full():
+        with torch.inference_mode(): llm.model(input_ids=ids, attention_mask=mask, use_cache=False)
+    stop, whole = tps(lambda: forward_to_layer(llm, ids, mask)), tps(full)
+    return dict(threads=torch.get_num_threads(), rows=n_rows, seq=ids.shape[1], stop_tok_s=stop, full_tok_s=whole, ratio=stop / whole)
+
+# %% ../nbs/01_models.ipynb #c040c
+def run_models(P, log=print) -> dict:
+    "Stage 01: load profile `P`'s model (converting the packaged GGUF once) and benchmark the stopped forward; sizes, load time and rates."
+    cached = (model_cache(P.model.name) / "model.safetensors").exists()
+    with timer() as t: llm = load_llm(P.model)
+    r = dict(name=llm.name, layer=llm.layer, n_layers=llm.n_layers, d=llm.d, d_mlp=llm.d_mlp, bos=llm.bos, device=str(llm.device),
+             load_s=t.s, cached=cached)
+    log(f"{llm.name}: layer {llm.layer} of {llm.n_layers}, d={llm.d}, d_mlp={llm.d_mlp}, bos={llm.bos}, device={llm.device}")
+    log(f"load time {t.s:.1f} s ({'from the fp32 cache' if cached else 'including GGUF dequantization and caching'})")
+    r["bench"] = b = bench_forward(llm, n_rows=min(8, max(1, P.harvest.bench_tokens // 1024)))  # 8 x 128 tokens on cpu/gpu, 1 x 128 on smoke
+    log(f"{llm.name} on {b['threads']} threads, batch {b['rows']}x{b['seq']}: forward_to_layer (layer {llm.layer}) {b['stop_tok_s']:,.0f} tok/s, "
+        f"full forward with LM head {b['full_tok_s']:,.0f} tok/s: {b['ratio']:.1f}x")
+    return r

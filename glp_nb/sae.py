@@ -12,11 +12,13 @@ import pandas as pd
 import torch
 from torch import nn
 import torch.nn.functional as F
-from .core import (Profile, atomic_path, data_dir, save_json, load_json, pbar, timer, seed_everything, get_device,
-                         writer_lock, clean_tmp, settings_match)
+from .core import (Profile, atomic_path, save_json, load_json, pbar, timer, seed_everything, get_device, writer_lock,
+                         clean_tmp, fig_dir, provenance)
+from .artefacts import sae_dir, reuse, record
+from .stats import standardize
 
 # %% auto #0
-__all__ = ['TopKSAE', 'sae_loss', 'train_sae', 'sae_dir', 'save_sae', 'sae_ready', 'load_sae', 'sae_metrics']
+__all__ = ['TopKSAE', 'sae_loss', 'train_sae', 'save_sae', 'sae_ready', 'load_sae', 'sae_metrics', 'run_sae']
 
 # %% ../nbs/06_sae.ipynb #c006
 class TopKSAE(nn.Module):
@@ -35,7 +37,7 @@ class TopKSAE(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(n_latents))
         self.b_pre = nn.Parameter(torch.zeros(d))
 
-    def norm(self, x): return (x - self.mean) / self.std
+    def norm(self, x): return standardize(x, self.mean, self.std)
     def denorm(self, x): return x * self.std + self.mean
 
     def pre_acts(self, xn):
@@ -170,17 +172,13 @@ def _nonfinite(step: int, steps: int, out):
                              f"nothing was written. Check the store (verify_store) or lower sae.lr.")
 
 # %% ../nbs/06_sae.ipynb #c017
-def sae_dir(P: Profile, run: str = "main") -> Path:
-    "Where the profile's SAE lives: data_dir()/saes/<profile>/<run>."
-    return data_dir() / "saes" / P.name / run
-
-def save_sae(sae: TopKSAE, folder, **info) -> Path:
-    "Write `sae` (safetensors) and its config (json) to `folder`, atomically."
+def save_sae(sae: TopKSAE, folder, train: Optional[dict] = None, **info) -> Path:
+    "Write `sae` (safetensors), then its config (json, last: sizes, `info` and the training facts `train`) to `folder`, atomically."
     from safetensors.torch import save_file
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / "sae.safetensors") as tmp:
         save_file({k: v.detach().contiguous() for k, v in sae.state_dict().items()}, str(tmp))
-    save_json(dict(kind="topk_sae", d=sae.d, n_latents=sae.n_latents, k=sae.k, **info), folder / "config.json")
+    record(folder, train, record="config.json", key="train", kind="topk_sae", d=sae.d, n_latents=sae.n_latents, k=sae.k, **info)
     return folder
 
 def sae_ready(out, P: Profile, store, n_acts: Optional[int] = None, log=print):
@@ -191,8 +189,7 @@ def sae_ready(out, P: Profile, store, n_acts: Optional[int] = None, log=print):
         return None
     bs = P.sae.batch_size
     want = dict(n_acts=max(1, _budget(P, n_acts) // bs) * bs, cfg=P.sae.__dict__, store=getattr(store, "fingerprint", None))
-    if (bad := settings_match(load_json(out / "config.json").get("train", {}), want)):
-        log(f"the SAE in {out} was trained otherwise ({'; '.join(bad)}): training it again"); return None
+    if reuse(out, want, record="config.json", key="train", log=log) is None: return None
     return load_sae(out), pd.read_csv(out / "metrics.csv")
 
 def load_sae(folder) -> TopKSAE:
@@ -224,3 +221,28 @@ def sae_metrics(sae: TopKSAE, x, batch_size: int = 4096) -> dict:
     tot = (x - x.mean(0)).pow(2).sum().item()
     tot_std = (sae.norm(x) - sae.norm(x).mean(0)).pow(2).sum().item()
     return dict(fvu=err / tot, fvu_std=err_std / tot_std, l0=l0 / len(x), dead_frac=1 - fired.float().mean().item(), n=len(x))
+
+# %% ../nbs/06_sae.ipynb #c026a
+def run_sae(P: Profile, log=print) -> dict:
+    "Stage 06: train (or reuse) profile `P`'s SAE on its train store, measure it on the validation store, write `sae_metrics.json`."
+    from glp_nb.artefacts import open_stores
+    train_store, val_store = open_stores(P)    # made by 03_harvest
+    out = sae_dir(P)
+    n_acts = _budget(P) // P.sae.batch_size * P.sae.batch_size
+    if (ready := sae_ready(out, P, train_store, log=log)) is not None:
+        sae, df = ready
+        log(f"reusing the SAE at {out} (same config, budget and store)")
+    else:
+        log(f"budget: {n_acts:,} activations (the GLP's: {P.train.n_acts:,})")
+        with timer() as t: sae, df = train_sae(P, train_store, out, log=log)
+        log(f"trained {sae.n_latents} latents (k={sae.k}) on {n_acts:,} activations in {t.s:.0f} s: "
+            f"{n_acts / t.s:,.0f} act/s at batch {P.sae.batch_size}")
+    x_val = val_store.read(0, min(val_store.n, P.sae.eval_acts))
+    with timer() as t: m = sae_metrics(sae, x_val)
+    log(f"held-out ({m['n']:,} val activations): FVU {m['fvu']:.4f} (standardized {m['fvu_std']:.4f}), "
+        f"L0 {m['l0']:.1f}, dead {m['dead_frac']:.1%}; final train dead fraction {df.dead_frac.iloc[-1]:.1%}; {t.s:.1f} s")
+    res = dict(meta=provenance(P, layer=train_store.manifest.get("layer")), d=sae.d, n_latents=sae.n_latents, k=sae.k,
+               n_acts=n_acts, train_act_s=float(df.act_s.iloc[-1]), val=m,
+               train_fvu_final=float(df.fvu.iloc[-1]), train_dead_frac_final=float(df.dead_frac.iloc[-1]))
+    save_json(res, fig_dir(P.name) / "sae_metrics.json")
+    return dict(res, path=str(out), reused=ready is not None, metrics=df)

@@ -4,19 +4,20 @@
 
 # %% ../nbs/07_scaling.ipynb #c003
 from __future__ import annotations
-import json, math, shutil, warnings
-from dataclasses import replace, asdict
-from pathlib import Path
+import math, shutil, warnings
+from dataclasses import replace
 from typing import Optional, Sequence
 import numpy as np, pandas as pd, torch
-from .core import Profile, ScalingCfg, data_dir, save_json, load_json, save_figure, timer
+from .core import Profile, load_json, save_figure, timer
 from .glp import make_glp
-from .train import train_glp, glp_dir, ckpt_steps
+from .train import train_glp, ckpt_steps, RunMismatch
+from .stats import boot_idx
+from .artefacts import rung_dir, open_stores, reuse, record
 
 # %% auto #0
 __all__ = ['PAPER_FIT', 'rung_profile', 'ladder_params', 'ladder_span', 'check_ladder', 'flops', 'power_law', 'r2',
-           'fit_power_law', 'rung_dir', 'rung_spec', 'rung_points', 'run_ladder', 'frontier', 'plot_scaling',
-           'scaling_report', 'fit_summary', 'paper_comparison']
+           'fit_power_law', 'rung_spec', 'rung_points', 'run_ladder', 'frontier', 'plot_scaling', 'scaling_report',
+           'fit_summary', 'paper_comparison', 'fit_ladder', 'run_scaling', 'scaling_summary', 'residuals']
 
 # %% ../nbs/07_scaling.ipynb #c006
 def rung_profile(P: Profile, i: int) -> Profile:
@@ -120,9 +121,7 @@ def fit_power_law(C, L, n_boot: int = 1000, seed: int = 0, min_points: int = 4) 
     A = float(np.exp(logA))
     pred = power_law(C, E, A, alpha)
     boots = []
-    rng = np.random.default_rng(seed)
-    for _ in range(n_boot):
-        idx = rng.integers(0, C.size, C.size)
+    for idx in (boot_idx(C.size, n_boot, seed) if n_boot > 0 else []):
         if np.unique(C[idx]).size < 3: continue
         hi = L[idx].min() * (1 - 1e-9)
         try: (e, la, a), _, _ = _fit_once(logC[idx], logL[idx], [min(E, hi * (1 - 1e-6)), logA, alpha], ([0.0, -np.inf, 1e-6], [hi, np.inf, 2.0]))
@@ -136,10 +135,6 @@ def fit_power_law(C, L, n_boot: int = 1000, seed: int = 0, min_points: int = 4) 
                 C_range=[float(C.min()), float(C.max())], space="log L")
 
 # %% ../nbs/07_scaling.ipynb #c019
-def rung_dir(P: Profile, i: int) -> Path:
-    "Folder of ladder rung `i`: data_dir()/glps/<profile>/ladder_<i>."
-    return glp_dir(P, f"ladder_{i}")
-
 def rung_spec(P: Profile, i: int, d: int) -> dict:
     "What defines rung `i`'s training (a finished rung is reused only when this matches)."
     R = rung_profile(P, i)
@@ -177,25 +172,24 @@ def run_ladder(P: Profile, train_store, val_store, log=print, progress: bool = T
     for i, n in enumerate(ns):
         folder, spec = rung_dir(P, i), rung_spec(P, i, d)
         done = folder / "rung.json"
-        if done.exists() and load_json(done)["spec"] != json.loads(json.dumps(spec)):
-            log(f"rung {i}: {folder} was trained as {load_json(done)['spec']}, the profile now asks for {spec}: removing it and retraining")
+        old = reuse(folder, spec, record="rung.json", key="spec", log=lambda s: log(f"rung {i}: {s}"))
+        if old is None and done.exists():
+            log(f"rung {i}: removing {folder} and retraining")
             shutil.rmtree(folder)
-        if done.exists():
-            old = load_json(done)
+        if old is not None:
             log(f"rung {i} {tuple(P.scaling.widths[i])}: {n:,} params, already trained ({old['seconds']:.0f} s, "
                 f"{old['act_s']:,.0f} act/s); skipped")
         else:
             log(f"rung {i} {tuple(P.scaling.widths[i])}: {n:,} params, training {spec['n_acts']:,} activations ...")
             with timer() as t:
                 try: _, m = train_glp(rung_profile(P, i), train_store, val_store, folder, progress=progress, log=log)
-                except ValueError as e:
-                    if "another run" not in str(e): raise
+                except RunMismatch:
                     log(f"rung {i}: unfinished checkpoints in {folder} belong to another configuration: removing them and retraining")
                     shutil.rmtree(folder)
                     _, m = train_glp(rung_profile(P, i), train_store, val_store, folder, progress=progress, log=log)
             pts = rung_points(P, i, n, m)
             act_s = float(np.nanmedian(pts.act_s)) if pts.act_s.notna().any() else float("nan")
-            save_json(dict(spec=spec, params=n, seconds=t.s, act_s=act_s, final_val_loss=float(pts.val_loss.iloc[-1])), done)
+            record(folder, spec, record="rung.json", key="spec", params=n, seconds=t.s, act_s=act_s, final_val_loss=float(pts.val_loss.iloc[-1]))
             log(f"rung {i}: {t.s:.0f} s wall, {act_s:,.0f} act/s training, final held-out loss {pts.val_loss.iloc[-1]:.4f}")
         out.append(rung_points(P, i, n))
     return pd.concat(out, ignore_index=True)
@@ -210,9 +204,10 @@ def frontier(df: pd.DataFrame) -> np.ndarray:
     return mask
 
 # %% ../nbs/07_scaling.ipynb #c029
-def plot_scaling(df: pd.DataFrame, fit: dict, paper: bool = False, front=None, fit_all: Optional[dict] = None):
-    "Loss vs compute per rung (lines through checkpoints), the fitted law dashed (ringed: the `front` points it was fitted on), residuals below."
+def plot_scaling(r: dict, paper: bool = False):
+    "Loss vs compute per rung of `r['df']` (lines through checkpoints), the law `r['fit']` dashed (ringed: the `r['front']` points it was fitted on; dotted: `r['fit_all']`), residuals below."
     import matplotlib.pyplot as plt
+    df, fit, front, fit_all = r["df"], r["fit"], r.get("front"), r.get("fit_all")
     fig, (ax, rx) = plt.subplots(2, 1, figsize=(7, 6.2), sharex=True, gridspec_kw=dict(height_ratios=[3, 1], hspace=0.06))
     rungs = sorted(df.rung.unique())
     cmap = plt.get_cmap("viridis")
@@ -273,3 +268,49 @@ def paper_comparison(fit: dict, df: pd.DataFrame) -> str:
             f"loss floor; 5-8 decades less compute puts our points early in training where the loss still falls steeply, and a "
             f"3-parameter law fitted over {dec:.1f} decades extrapolates E far outside the data; and our loss is the held-out "
             f"normalized-space flow-matching MSE on a fixed t grid, while the paper's plotted loss is of unknown definition.")
+
+# %% ../nbs/07_scaling.ipynb #c035d
+def fit_ladder(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict:
+    "dict(front, fit, fit_all): the compute-frontier mask of the ladder's points, the law fitted on it, and fitted to all points."
+    front = frontier(df)
+    fit = fit_power_law(df.flops[front], df.val_loss[front], n_boot=n_boot, seed=seed)
+    fit_all = fit_power_law(df.flops, df.val_loss, n_boot=n_boot, seed=seed)
+    return dict(front=front, fit=fit, fit_all=fit_all)
+
+def run_scaling(P: Profile, stores=None, log=print, progress: bool = True) -> dict:
+    "The ladder of profile `P` trained (or reused) on its stores (or `stores` = (train, val)), the law fitted, `scaling_law` saved: dict(df, front, fit, fit_all, params, rungs, png)."
+    import matplotlib.pyplot as plt
+    train, val = stores or open_stores(P)
+    ns = check_ladder(P, train.d) if P.name != "smoke" else ladder_params(P, train.d)  # smoke: a code-path check only
+    log(f"profile {P.name}: {len(ns)} rungs, params {[f'{n:,}' for n in ns]}, span {ladder_span(ns):.2f} decades; "
+        f"{P.scaling.n_acts:,} activations per rung, batch {P.scaling.batch_size}, {P.scaling.n_ckpts} log-spaced checkpoints, "
+        f"lr {rung_profile(P, 0).train.lr:g}; train store {train.n:,} rows (d={train.d})")
+    with timer() as T: df = run_ladder(P, train, val, log=log, progress=progress)
+    rungs = [load_json(rung_dir(P, r) / "rung.json") for r in sorted(df.rung.unique())]
+    for (r, g), spec in zip(df.groupby("rung"), rungs):
+        log(f"rung {r} {P.scaling.widths[r]}: {g.params.iloc[0]:>11,} params, {spec['act_s']:>8,.0f} act/s training, "
+            f"{spec['seconds']:6.0f} s wall (incl. held-out evals), held-out loss {g.val_loss.iloc[0]:.4f} -> {g.val_loss.iloc[-1]:.4f}")
+    log(f"ladder: {T.s:.0f} s in this session")
+    res = dict(df=df, **fit_ladder(df, n_boot=P.scaling.n_boot, seed=P.train.seed), params=ns, rungs=rungs)
+    fig = plot_scaling(res)
+    png = save_figure(fig, "scaling_law", scaling_report(df, res["fit"], res["fit_all"], res["front"]), P, n_rungs=len(ns),
+                      n_acts=P.scaling.n_acts, batch_size=P.scaling.batch_size, lr=rung_profile(P, 0).train.lr)
+    plt.close(fig)
+    log(f"saved {png} and {png.with_suffix('.json')}")
+    return {**res, "png": str(png)}
+
+def scaling_summary(r: dict) -> str:
+    "The fit on the frontier with its errors, the all-points fit, ours against the paper's, and whether one power law describes the ladder."
+    df, fit, fit_all, front = r["df"], r["fit"], r["fit_all"], np.asarray(r["front"], bool)
+    ok = fit["r2"] >= 0.95
+    return "\n".join([f"compute frontier: {int(front.sum())} of {len(df)} points, from rungs {sorted(set(df.rung[front].tolist()))}",
+        fit_summary(fit),
+        f"for reference, the same law fitted to all {len(df)} points: alpha {fit_all['alpha']:.3f}, E {fit_all['E']:.3f}, R² {fit_all['r2']:.3f}",
+        paper_comparison(fit, df),
+        f"R² = {fit['r2']:.3f}: " + ("the ladder follows a single power law in compute (R² >= 0.95)." if ok else
+        "BELOW 0.95 - a single power law in C does not describe this ladder; the residual panel of the figure shows where it departs.")])
+
+def residuals(df: pd.DataFrame, fit: dict) -> pd.DataFrame:
+    "log L - log L_fit of every point, by rung (rows) and checkpoint step (columns)."
+    res = df.assign(resid=np.log(df.val_loss) - np.log(power_law(df.flops, fit["E"], fit["A"], fit["alpha"])))
+    return res.pivot(index="rung", columns="step", values="resid")

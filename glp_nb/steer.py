@@ -4,40 +4,30 @@
 
 # %% ../nbs/09_steering.ipynb #c003
 from __future__ import annotations
-import os, re, json, math, time, warnings, contextlib, importlib.util, urllib.request, urllib.error
+import re, time, contextlib
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from .core import SteerCfg, Profile, pbar, timer
-from .models import LLM, encode, edit_layer, forward_to_layer, pad
+from .core import SteerCfg, Profile, pbar, timer, save_figure
+from .models import LLM, encode, edit_layer, forward_to_layer, pad, load_llm
+from .glp import load_glp, time_grid
+from .corpus import docs
+from .stats import boot_idx
+from .probesets import load_task
+from . import artefacts
+from .scoring import positions, cont_nll, vader, fit_tfidf, feature_acts, auroc, steer_score, cut_eos, fluency
+from .scoring import summarize_ci, curves, matched_gain, report_matched, matched_examples, style, pareto_ax
+from .judge import judge
 
 # %% auto #0
-__all__ = ['SENTIMENT_SETS', 'CONCEPT_PROMPT', 'FLUENCY_PROMPT', 'METHODS', 'left_pad', 'positions', 'SteerEdit', 'generate',
-           'greedy_match', 'next_logits', 'GLPPost', 'massive_dims', 'drop_dims', 'act_norm', 'layout', 'cont_nll',
-           'ngrams', 'distinct_n', 'seq_rep', 'vader', 'fit_tfidf', 'feature_acts', 'sae_probes_dir', 'probe_set',
-           'sentiment_splits', 'end_sentence', 'text_acts', 'last_token_acts', 'diffmean', 'auroc', 'neutral_prefixes',
-           'found_in', 'store_tokens', 'sae_codes', 'code_stats', 'pick_features', 'describe', 'boot_idx', 'ci',
-           'concept_at', 'match_levels', 'matched_gain', 'parse_rating', 'chat_url', 'chat', 'judge', 'steer_score',
-           'glp_runs', 'cut_eos', 'fluency', 'summarize', 'curves', 'report_matched', 'pareto_ax', 'matched_examples',
-           'examples_md']
-
-# %% ../nbs/09_steering.ipynb #c006
-def left_pad(llm: LLM, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    "Left-pad token lists into (`ids`, `mask`) LongTensors [b, s] on the model's device."
-    if not len(seqs): raise ValueError("left_pad: empty batch")
-    if min(len(x) for x in seqs) == 0: raise ValueError("left_pad: a sequence is empty (every prefix needs at least one token)")
-    s = max(len(x) for x in seqs)
-    ids = torch.full((len(seqs), s), llm.pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), s), dtype=torch.long)
-    for i, x in enumerate(seqs):
-        ids[i, s - len(x):] = torch.as_tensor(list(x), dtype=torch.long); mask[i, s - len(x):] = 1
-    return ids.to(llm.device), mask.to(llm.device)
-
-def positions(mask: torch.Tensor) -> torch.Tensor:
-    "Position ids from an attention mask: real tokens count 0, 1, 2...; pads get 0."
-    return (mask.cumsum(-1) - 1).clamp(min=0)
+__all__ = ['SENTIMENT_SETS', 'SIGNS', 'AXES', 'SteerEdit', 'generate', 'greedy_match', 'next_logits', 'GLPPost', 'massive_dims',
+           'drop_dims', 'act_norm', 'sentiment_splits', 'end_sentence', 'text_acts', 'diffmean', 'neutral_prefixes',
+           'found_in', 'store_tokens', 'sae_codes', 'code_stats', 'pick_features', 'describe', 'glp_runs',
+           'steering_setup', 'sentiment_direction', 'steering_prefixes', 'sentiment_steering', 'steering_features',
+           'feature_steering', 'steering_vs_compute', 'judge_steering', 'verdicts', 'plot_sentiment',
+           'plot_sae_steering', 'plot_vs_compute', 'plot_judge', 'run_steering']
 
 # %% ../nbs/09_steering.ipynb #c009
 class SteerEdit:
@@ -75,7 +65,7 @@ def generate(llm: LLM, seqs: Sequence[Sequence[int]], new_tokens: int, delta: Op
     for k in ("llm_s", "post_s", "tokens", "steps"): st.setdefault(k, 0.0)
     for b0 in range(0, n, batch_size):
         idx = order[b0:b0 + batch_size]
-        ids, mask = left_pad(llm, [seqs[i] for i in idx])
+        ids, mask = pad(llm, [seqs[i] for i in idx], side="left")
         edit = None
         if delta is not None or post is not None:
             d = delta[idx].to(llm.device) if delta is not None else torch.zeros(len(idx), llm.d, device=llm.device)
@@ -150,106 +140,7 @@ def act_norm(store, n: int = 20_000, seed: int = 0, exclude: Optional[torch.Tens
     if exclude is not None and len(exclude): x = drop_dims(x, exclude, unit=False)
     return float(x.float().norm(dim=-1).mean())
 
-# %% ../nbs/09_steering.ipynb #c025
-def layout(llm: LLM, prefixes: Sequence[Sequence[int]], conts: Sequence[Sequence[int]]):
-    "(ids, mask, pos, start): prefixes left-padded, continuations right-padded, every continuation starting at column `start`."
-    if len(prefixes) != len(conts): raise ValueError(f"{len(prefixes)} prefixes but {len(conts)} continuations")
-    if min(len(c) for c in conts) == 0: raise ValueError("layout: an empty continuation")
-    p_ids, p_mask = left_pad(llm, prefixes)
-    L = max(len(c) for c in conts)
-    c_ids = torch.full((len(conts), L), llm.pad_id, dtype=torch.long, device=llm.device)
-    c_mask = torch.zeros_like(c_ids)
-    for i, c in enumerate(conts):
-        c_ids[i, :len(c)] = torch.as_tensor(list(c), dtype=torch.long); c_mask[i, :len(c)] = 1
-    ids, mask = torch.cat([p_ids, c_ids], 1), torch.cat([p_mask, c_mask], 1)
-    return ids, mask, positions(mask), p_ids.shape[1]
-
-@torch.inference_mode()
-def cont_nll(llm: LLM, prefixes, conts, batch_size: int = 32, bar=None, max_positions: int = 512) -> np.ndarray:
-    "Mean NLL (nats/token) of each continuation given its prefix under the unedited LM."
-    out = np.zeros(len(conts))
-    L_max = max(len(c) for c in conts) if len(conts) else 1
-    batch_size = max(1, min(batch_size, max_positions // L_max))  # logits are [b, L, vocab]: 262k words for Gemma
-    for b0 in range(0, len(conts), batch_size):
-        P_, C_ = prefixes[b0:b0 + batch_size], conts[b0:b0 + batch_size]
-        ids, mask, pos, s = layout(llm, P_, C_)
-        L = ids.shape[1] - s
-        keep = torch.arange(s - 1, s - 1 + L, device=ids.device)  # logits at column j predict token j+1
-        logits = llm.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=keep).logits.float()
-        lp = logits.gather(-1, ids[:, s:, None])[..., 0] - torch.logsumexp(logits, -1)
-        del logits
-        m = mask[:, s:].float()
-        out[b0:b0 + len(C_)] = ((-lp * m).sum(1) / m.sum(1)).cpu().numpy()
-        if bar is not None: bar.update(int(m.sum()))
-    return out
-
-# %% ../nbs/09_steering.ipynb #c028
-def ngrams(toks: Sequence, n: int) -> list: return [tuple(toks[i:i + n]) for i in range(len(toks) - n + 1)]
-
-def distinct_n(toks: Sequence, n: int) -> float:
-    "Unique n-grams / n-grams of one sequence (1.0 when it has no n-gram)."
-    g = ngrams(toks, n)
-    return len(set(g)) / len(g) if g else 1.0
-
-def seq_rep(toks: Sequence, n: int = 4) -> float:
-    "seq-rep-n (Welleck et al. 2019): share of the sequence's n-grams that repeat an earlier one."
-    return 1.0 - distinct_n(toks, n)
-
-# %% ../nbs/09_steering.ipynb #c031
-_VADER = None
-def vader(texts: Sequence[str]) -> np.ndarray:
-    "VADER compound sentiment in [-1, 1] of each text."
-    global _VADER
-    if _VADER is None:
-        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-        _VADER = SentimentIntensityAnalyzer()
-    return np.array([_VADER.polarity_scores(t)["compound"] for t in texts])
-
-def fit_tfidf(texts: Sequence[str], y: Sequence[int], seed: int = 0):
-    "A TF-IDF (words + bigrams) logistic-regression sentiment classifier; `.predict_proba(texts)[:, 1]` = P(positive)."
-    from sklearn.pipeline import make_pipeline
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    if len(set(y)) != 2: raise ValueError(f"fit_tfidf needs two classes, got {sorted(set(y))}")
-    clf = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True),
-                        LogisticRegression(C=4.0, max_iter=2000, random_state=seed))
-    return clf.fit(list(texts), list(y))
-
-# %% ../nbs/09_steering.ipynb #c033
-@torch.inference_mode()
-def feature_acts(llm: LLM, sae, prefixes, conts, feats: Sequence[int], batch_size: int = 32) -> np.ndarray:
-    "Mean SAE activation of feature feats[i] over continuation i's tokens, re-encoded by the unedited LLM."
-    if not (len(prefixes) == len(conts) == len(feats)): raise ValueError("prefixes, conts and feats must have the same length")
-    out = np.zeros(len(conts))
-    for b0 in range(0, len(conts), batch_size):
-        sl = slice(b0, b0 + batch_size)
-        ids, mask, pos, s = layout(llm, prefixes[sl], conts[sl])
-        h = forward_to_layer(llm, ids, mask)[:, s:]  # RoPE is shift-invariant, so left padding needs no position ids here
-        f = torch.as_tensor(list(feats[sl]), device=h.device)
-        z = sae.encode(h.reshape(-1, h.shape[-1]).to(next(sae.parameters()).device)).reshape(*h.shape[:2], -1)
-        a = z.gather(-1, f[:, None, None].expand(-1, h.shape[1], 1))[..., 0]
-        m = mask[:, s:].float()
-        out[sl] = ((a * m).sum(1) / m.sum(1)).cpu().numpy()
-    return out
-
 # %% ../nbs/09_steering.ipynb #c037
-def sae_probes_dir() -> Path:
-    "The cleaned_data folder of the installed sae-probes package (located, not imported)."
-    spec = importlib.util.find_spec("sae_probes")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("package sae-probes is not installed (pip install sae-probes==0.4.2); its datasets are needed here")
-    d = Path(list(spec.submodule_search_locations)[0]) / "data" / "cleaned_data"
-    if not d.is_dir(): raise FileNotFoundError(f"sae-probes is installed but has no dataset folder {d}")
-    return d
-
-def probe_set(name: str) -> pd.DataFrame:
-    "SAE-Probes dataset `name` (e.g. '92_glue_sst2') as a DataFrame with columns prompt, target."
-    f = sae_probes_dir() / f"{name}.csv.zst"
-    if not f.exists(): raise FileNotFoundError(f"no SAE-Probes dataset {name!r}: {f} is missing")
-    df = pd.read_csv(f, compression="zstd")
-    if not {"prompt", "target"} <= set(df.columns): raise ValueError(f"{f}: expected columns prompt, target; got {list(df.columns)}")
-    return df[["prompt", "target"]]
-
 SENTIMENT_SETS = ("92_glue_sst2", "113_movie_sent")
 
 def sentiment_splits(cfg: SteerCfg, sets: Sequence[str] = SENTIMENT_SETS) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -257,7 +148,7 @@ def sentiment_splits(cfg: SteerCfg, sets: Sequence[str] = SENTIMENT_SETS) -> tup
     tr, te = [], []
     per = cfg.heldout_n // len(sets)
     for k, name in enumerate(sets):
-        df = probe_set(name).sample(frac=1.0, random_state=cfg.seed + k).reset_index(drop=True).assign(set=name)
+        df = load_task(name)[["prompt", "target"]].sample(frac=1.0, random_state=cfg.seed + k).reset_index(drop=True).assign(set=name)
         if len(df) <= per + 2: raise ValueError(f"{name} has {len(df)} rows, too few for heldout_n={cfg.heldout_n}")
         te.append(df.iloc[:per]); tr.append(df.iloc[per:])
     tr, te = pd.concat(tr, ignore_index=True), pd.concat(te, ignore_index=True)
@@ -288,10 +179,6 @@ def text_acts(llm: LLM, texts: Sequence[str], max_len: int = 128, batch_size: in
         if bar is not None: bar.update(int(m.sum()))
     return last, mean
 
-def last_token_acts(llm: LLM, texts: Sequence[str], max_len: int = 128, batch_size: int = 64, bar=None) -> torch.Tensor:
-    "Layer-L activation at each text's last token, float32 [n, d]."
-    return text_acts(llm, texts, max_len, batch_size, bar)[0]
-
 def diffmean(x: torch.Tensor, y) -> torch.Tensor:
     "Unit vector along mean(x | y=1) - mean(x | y=0)."
     y = torch.as_tensor(np.asarray(y).astype(bool))
@@ -299,17 +186,12 @@ def diffmean(x: torch.Tensor, y) -> torch.Tensor:
     w = x[y].mean(0) - x[~y].mean(0)
     return w / w.norm().clamp_min(1e-12)
 
-def auroc(score, y) -> float:
-    "ROC AUC of `score` for labels `y`."
-    from sklearn.metrics import roc_auc_score
-    return float(roc_auc_score(np.asarray(y), np.asarray(score)))
-
 # %% ../nbs/09_steering.ipynb #c043
 _OK_PREFIX = re.compile(r"^[A-Z][A-Za-z' ,\-]+$")
 
 def neutral_prefixes(n: int, seed: int = 0, words: tuple = (3, 6), source: str = "88_glue_mnli") -> list[str]:
     "`n` neutral sentence openings (3-6 words) from MultiNLI premises, seeded; see the prose for the filters."
-    df = probe_set(source)
+    df = load_task(source)
     prem = df.prompt.str.split(" | ", n=1, regex=False).str[0].drop_duplicates()
     prem = prem.sample(frac=1.0, random_state=seed).tolist()
     rng = np.random.default_rng(seed)
@@ -385,200 +267,396 @@ def describe(tok, toks: pd.DataFrame, acts: np.ndarray, k: int = 5, width: int =
     return dict(top_tokens=[f"{w!r}x{c}" for w, c in words.items()], contexts=ctx, max_act=float(acts[top[0]]) if len(top) else 0.0,
                 text="top tokens " + ", ".join(repr(w) for w in words.index[:3]) + (f"; e.g. \u2026{ctx[0][-60:]}" if ctx else ""))
 
-# %% ../nbs/09_steering.ipynb #c050
-def boot_idx(n: int, n_boot: int, seed: int = 0) -> np.ndarray:
-    "[n_boot, n] resampled indices (with replacement), reused across methods and coefficients."
-    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-
-def ci(x, idx: np.ndarray, q: float = 0.95) -> tuple[float, float, float]:
-    "(mean, lo, hi): mean of `x` [n] and its percentile bootstrap interval over resamples `idx`."
-    x = np.asarray(x, dtype=float)
-    b = x[idx].mean(1)
-    return float(x.mean()), float(np.quantile(b, (1 - q) / 2)), float(np.quantile(b, (1 + q) / 2))
-
-# %% ../nbs/09_steering.ipynb #c053
-def concept_at(nll, concept, levels) -> np.ndarray:
-    "Concept interpolated at NLL `levels` along one method's points (ordered by NLL); NaN outside its range."
-    nll, concept = np.asarray(nll, float), np.asarray(concept, float)
-    o = np.argsort(nll)
-    return np.interp(np.asarray(levels, float), nll[o], concept[o], left=np.nan, right=np.nan)
-
-def match_levels(nll_a, nll_b, k: int = 5) -> np.ndarray:
-    "`k` NLL levels evenly inside the overlap of two methods' NLL ranges (empty when they do not overlap)."
-    lo, hi = max(np.min(nll_a), np.min(nll_b)), min(np.max(nll_a), np.max(nll_b))
-    if not hi > lo: return np.array([])
-    return np.linspace(lo, hi, k + 2)[1:-1]
-
-def matched_gain(base: dict, glp: dict, idx: np.ndarray, k: int = 5) -> dict:
-    "Concept of +GLP minus baseline at matched NLL. base/glp: {'nll': [R, n], 'concept': [R, n]} per coefficient and prefix."
-    bn, bc, gn, gc = (np.asarray(d[key], float) for d in (base, glp) for key in ("nll", "concept"))
-    lv = match_levels(bn.mean(1), gn.mean(1), k)
-    if not len(lv): return dict(levels=[], gain=float("nan"), lo=float("nan"), hi=float("nan"), per_level=[], overlap=False)
-    at = lambda n_, c_: concept_at(n_, c_, lv)
-    per = at(gn.mean(1), gc.mean(1)) - at(bn.mean(1), bc.mean(1))
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a resample may leave no level inside one method's range
-        boots = np.array([np.nanmean(at(gn[:, i].mean(1), gc[:, i].mean(1)) - at(bn[:, i].mean(1), bc[:, i].mean(1))) for i in idx])
-    boots = boots[np.isfinite(boots)]
-    return dict(levels=lv.tolist(), per_level=per.tolist(), gain=float(np.mean(per)), overlap=True,
-                base_concept=at(bn.mean(1), bc.mean(1)).tolist(), glp_concept=at(gn.mean(1), gc.mean(1)).tolist(),
-                lo=float(np.quantile(boots, 0.025)) if len(boots) else float("nan"),
-                hi=float(np.quantile(boots, 0.975)) if len(boots) else float("nan"))
-
-# %% ../nbs/09_steering.ipynb #c057
-CONCEPT_PROMPT = """You are grading a short text continuation for how clearly it expresses a concept.
-
-Concept: {concept}
-
-Text: {text}
-
-Score 0 if the concept is absent, 1 if it is somewhat or indirectly present, 2 if it is clearly and directly incorporated.
-Judge only the presence of the concept, not grammar or style. Explain in one sentence, then give your score exactly as
-Rating: [[score]]"""
-
-FLUENCY_PROMPT = """You are grading a short text continuation for fluency only.
-
-Beginning: {prefix}
-Continuation: {text}
-
-Score 0 if the continuation is not fluent (broken grammar, gibberish, heavy repetition), 1 if it is somewhat fluent with
-noticeable problems, 2 if it is fluent, natural English that follows on from the beginning. Ignore the topic and content.
-Explain in one sentence, then give your score exactly as
-Rating: [[score]]"""
-
-_RATING = re.compile(r"Rating:\s*\[\[\s*([0-9]+(?:\.[0-9]+)?)\s*\]\]")
-
-def parse_rating(reply: str, lo: float = 0.0, hi: float = 2.0) -> Optional[float]:
-    "The last 'Rating: [[x]]' in a judge reply, if it lies in [lo, hi]; else None."
-    m = _RATING.findall(reply or "")
-    if not m: return None
-    x = float(m[-1])
-    return x if lo <= x <= hi else None
-
-def chat_url(url: str) -> str:
-    "The chat-completions endpoint of an OpenAI-compatible base URL."
-    u = url.rstrip("/")
-    if u.endswith("/chat/completions"): return u
-    return u + ("/chat/completions" if u.endswith("/v1") else "/v1/chat/completions")
-
-def chat(url: str, model: str, prompt: str, api_key: Optional[str] = None, timeout: float = 60.0, max_tokens: int = 128) -> str:
-    "One chat completion (temperature 0) from an OpenAI-compatible server; returns the reply text."
-    key = api_key or os.environ.get("GLP_NB_JUDGE_KEY") or os.environ.get("OPENAI_API_KEY")
-    body = json.dumps(dict(model=model, messages=[dict(role="user", content=prompt)], temperature=0, max_tokens=max_tokens)).encode()
-    req = urllib.request.Request(chat_url(url), data=body, method="POST",
-                                 headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r: out = json.loads(r.read().decode())
-    except urllib.error.HTTPError as e:
-        raise RuntimeError(f"judge at {chat_url(url)} answered HTTP {e.code}: {e.read()[:300]!r}") from None
-    except (urllib.error.URLError, OSError) as e:
-        raise RuntimeError(f"judge at {chat_url(url)} is unreachable: {e}") from None
-    try: return out["choices"][0]["message"]["content"]
-    except (KeyError, IndexError, TypeError): raise RuntimeError(f"judge at {chat_url(url)} sent no choices[0].message.content: {str(out)[:300]}") from None
-
-def judge(url: str, model: str, concept: str, prefixes: Sequence[str], texts: Sequence[str], **kw) -> pd.DataFrame:
-    "AxBench-style concept and fluency ratings (0-2, NaN when unparsable) of each continuation."
-    rows = []
-    for p_, t in zip(prefixes, texts):
-        c = parse_rating(chat(url, model, CONCEPT_PROMPT.format(concept=concept, text=t), **kw))
-        f = parse_rating(chat(url, model, FLUENCY_PROMPT.format(prefix=p_, text=t), **kw))
-        rows.append(dict(concept=np.nan if c is None else c, fluency=np.nan if f is None else f))
-    return pd.DataFrame(rows)
-
-# %% ../nbs/09_steering.ipynb #c062
-def steer_score(compound, nll, nll0) -> np.ndarray:
-    "Per-continuation combined concept & fluency score in [0, 1] (see the prose)."
-    c = (np.asarray(compound, float) + 1) / 2
-    f = np.exp(-np.clip(np.asarray(nll, float) - np.asarray(nll0, float), 0, None))
-    return (c + f) / 2
-
+# %% ../nbs/09_steering.ipynb #c062b
 def glp_runs(P: Profile) -> list[dict]:
     "Checkpoints for the steering-vs-compute figure: dict(run, rung, acts, path), ladder rungs first, then the main GLP."
-    from glp_nb.train import glp_dir, list_ckpts
     out = []
     for i in range(len(P.scaling.widths)):
-        d = glp_dir(P, f"ladder_{i}")
-        for c in list_ckpts(d)[-P.steer.scaling_ckpts:]:
-            out.append(dict(run=f"ladder_{i}", rung=i, acts=int(c.name.split("_")[-1]), path=str(c)))
-    main = list_ckpts(glp_dir(P))
+        d = artefacts.rung_dir(P, i)
+        for c in artefacts.list_ckpts(d)[-P.steer.scaling_ckpts:]:
+            out.append(dict(run=d.name, rung=i, acts=artefacts.ckpt_acts(c), path=str(c)))
+    main = artefacts.list_ckpts(artefacts.glp_dir(P))
     for c in (main[-P.steer.scaling_ckpts:] if out else main):  # every main checkpoint when there is no ladder
-        out.append(dict(run="main", rung=-1, acts=int(c.name.split("_")[-1]), path=str(c)))
+        out.append(dict(run="main", rung=-1, acts=artefacts.ckpt_acts(c), path=str(c)))
     return out
 
-# %% ../nbs/09_steering.ipynb #c065
-def cut_eos(toks: Sequence[int], eos: Optional[int]) -> list[int]:
-    "Tokens up to and including the first `eos` (greedy decoding does not stop there; we score only up to it)."
-    toks = list(toks)
-    return toks[:toks.index(eos) + 1] if eos is not None and eos in toks else toks
+# %% ../nbs/09_steering.ipynb #r001
+SIGNS = {"positive": 1.0, "negative": -1.0}   # the sentiment tasks, and the sign of the direction for each
+AXES = {"nll": "NLL", "rep2": "1 - distinct-2"}  # the fluency axes of the matched comparison
 
-def fluency(llm: LLM, prefixes, conts, batch_size: int = 64, bar=None) -> pd.DataFrame:
-    "Fluency columns of each continuation: nll (unedited LM, nats/token), d1, d2 (distinct-n), rep (seq-rep-4)."
-    return pd.DataFrame(dict(nll=cont_nll(llm, prefixes, conts, batch_size, bar),
-                             d1=[distinct_n(c, 1) for c in conts], d2=[distinct_n(c, 2) for c in conts],
-                             rep=[seq_rep(c, 4) for c in conts]))
+def steering_setup(P: Profile, log=print) -> dict:
+    "The LLM, both stores, the main GLP and its `GLPPost`, the SAE, the massive dimensions, the coefficient scale, and what the projection does to clean activations."
+    S = P.steer
+    train_store, val_store = artefacts.open_stores(P)            # each lookup's error names the notebook to run
+    ckpt = artefacts.glp_ckpts(P)[-1].name                       # written at the last step: the final GLP's weights
+    artefacts.main_glp_dir(P); sae = artefacts.load_main_sae(P)  # before the slow LLM load
+    llm = load_llm(P.model)
+    glp, sae = artefacts.load_main_glp(P, device=llm.device), sae.to(llm.device)
+    post = GLPPost.from_cfg(glp, S)
+    big = massive_dims(train_store.mean, train_store.var, S.massive)
+    norm_all, norm = act_norm(train_store, seed=S.seed), act_norm(train_store, seed=S.seed, exclude=big)
+    log(f"{llm.name} layer {llm.layer}; GLP {ckpt} ({sum(p.numel() for p in glp.denoiser.parameters()):,} params), {post}; "
+        f"SAE {sae.n_latents} latents k={sae.k}")
+    log(f"massive dimensions (RMS > {S.massive:g} x median): {big.tolist()} with means {[round(float(train_store.mean[i])) for i in big]}")
+    log(f"mean activation norm on the train store: {norm_all:.1f} with them, {norm:.1f} without (paper: 5.21 for Llama-3.2-1B L7); "
+        f"alpha = r x {norm:.1f}, r in {S.rs}")
+    xv = val_store.sample(min(2000, val_store.n), seed=S.seed)
+    with timer() as t: pv = post(xv)
+    keep = torch.ones(llm.d, dtype=torch.bool); keep[big] = False
+    rms = (train_store.mean.float() ** 2 + train_store.var.float()).sqrt()
+    massive = dict(dims=big.tolist(), mean=[float(train_store.mean[i]) for i in big], std=[float(train_store.var[i].sqrt()) for i in big],
+                   median_rms=float(rms.median()), next_rms=float(rms[keep].max()))   # the prose on massive dimensions reads these
+    chg = float(((pv - xv)[:, keep].norm(dim=1) / (xv - train_store.mean)[:, keep].norm(dim=1)).median())
+    cos_p = float(torch.nn.functional.cosine_similarity((pv - train_store.mean)[:, keep], (xv - train_store.mean)[:, keep]).median())
+    log(f"projecting {len(xv)} clean validation activations ({t.s:.1f} s): median relative change |P(x) - x| / |x - mean| = {chg:.2f}, "
+        f"median cosine(P(x) - mean, x - mean) = {cos_p:.2f} (outside the massive dimensions); how much the GLP moves on-manifold inputs")
+    return dict(llm=llm, train_store=train_store, val_store=val_store, glp=glp, sae=sae, post=post, big=big, norm=norm, norm_all=norm_all,
+                glp_ckpt=ckpt, massive=massive, projection=dict(median_rel_change=chg, median_cos=cos_p))
 
-def summarize(df: pd.DataFrame, by: Sequence[str], cols: Sequence[str], idx: np.ndarray, unit: str = "unit") -> pd.DataFrame:
-    "Per group of `by`: mean, lo, hi (paired bootstrap over `unit`, resamples `idx`) of each column in `cols`."
-    rows = []
-    for key, g in df.groupby(list(by), sort=True):
-        g = g.sort_values(unit)
-        if len(g) != idx.shape[1]: raise ValueError(f"group {key} has {len(g)} units, the bootstrap expects {idx.shape[1]}")
-        r = dict(zip(by, key if isinstance(key, tuple) else (key,)))
-        for c in cols:
-            r[c], r[c + "_lo"], r[c + "_hi"] = ci(g[c].values, idx)
-        rows.append(r)
-    return pd.DataFrame(rows)
+# %% ../nbs/09_steering.ipynb #r002
+def sentiment_direction(llm: LLM, S: SteerCfg, big: torch.Tensor, log=print) -> dict:
+    "The DiffMean sentiment direction `w` (last token, massive dimensions zeroed) with its held-out AUROC, and the TF-IDF scorer `clf`; both offline scorers' held-out quality."
+    train_df, held_df = sentiment_splits(S)
+    sub = pd.concat([g.sample(min(len(g), S.diffmean_n // 2), random_state=S.seed) for _, g in train_df.groupby("target")])
+    sub = sub.sample(frac=1.0, random_state=S.seed).reset_index(drop=True)  # mixed order: each half has both classes
+    with pbar(desc="sentiment text acts", unit="tok") as bar, timer() as t:
+        x_tr, m_tr = text_acts(llm, [end_sentence(x) for x in sub.prompt], batch_size=S.batch_size, bar=bar)
+        x_te, m_te = text_acts(llm, [end_sentence(x) for x in held_df.prompt], batch_size=S.batch_size, bar=bar)
+    def held_auc(w, x):
+        proj = (x @ w).numpy()
+        a = {n: auroc(proj[held_df.set == n], held_df.target[held_df.set == n]) for n in SENTIMENT_SETS}
+        return {**a, "all": auroc(proj, held_df.target)}
+    y, half = sub.target.values, len(sub) // 2
+    w = drop_dims(diffmean(x_tr, y), big)
+    auc, auc_mean = held_auc(w, x_te), held_auc(drop_dims(diffmean(m_tr, y), big), m_te)
+    cos_half = float(drop_dims(diffmean(x_tr[:half], y[:half]), big) @ drop_dims(diffmean(x_tr[half:], y[half:]), big))
+    log(f"DiffMean (last token) from {len(sub)} train texts ({t.s:.0f} s, {bar.n / t.s:,.0f} tok/s): held-out AUROC "
+        + ", ".join(f"{k} {v:.3f}" for k, v in auc.items()) + f" (n={len(held_df)}); cos between the directions of two disjoint halves {cos_half:.2f}")
+    log("  for comparison, DiffMean of token-averaged activations: AUROC " + ", ".join(f"{k} {v:.3f}" for k, v in auc_mean.items()))
+    sst_tr = train_df[train_df.set == SENTIMENT_SETS[0]]
+    clf = fit_tfidf(sst_tr.prompt, sst_tr.target, seed=S.seed)
+    clf_acc = {n: float((clf.predict(held_df.prompt[held_df.set == n]) == held_df.target[held_df.set == n]).mean()) for n in SENTIMENT_SETS}
+    log(f"TF-IDF + logistic regression trained on {len(sst_tr)} SST-2 train rows: held-out accuracy " + ", ".join(f"{k} {v:.3f}" for k, v in clf_acc.items()))
+    vader_auc = auroc(vader(held_df.prompt), held_df.target)
+    log(f"VADER compound as a classifier of the same held-out texts: AUROC {vader_auc:.3f}")
+    return dict(w=w, clf=clf, tfidf_accuracy=clf_acc, vader_auroc=vader_auc,
+                direction=dict(auroc=auc, auroc_mean_pooled=auc_mean, half_cos=cos_half, n_train=len(sub), n_heldout=len(held_df)))
 
-def curves(df: pd.DataFrame, method: str, concept: str, rs: Sequence[float], unit: str = "unit", fluency: str = "nll") -> dict:
-    "{'nll': [R, n], 'concept': [R, n]} of one method, rows by coefficient, columns by unit (for `matched_gain`); 'nll' holds column `fluency`."
-    g = df[df.method == method]
-    piv = lambda c: np.stack([g[g.r == r].sort_values(unit)[c].values for r in rs])
-    return dict(nll=piv(fluency), concept=piv(concept))
+def steering_prefixes(P: Profile, log=print) -> list[str]:
+    "`P.steer.n_prefixes` neutral prefixes, none of which occurs in the harvest corpus (train and validation documents)."
+    S = P.steer
+    cand = neutral_prefixes(S.n_prefixes + 20, seed=S.seed)
+    with timer() as t: hits = found_in(cand, (txt for split in ("train", "val") for _, txt in docs(P.corpus, split)))
+    prefixes = [p_ for p_ in cand if p_ not in hits][:S.n_prefixes]
+    if len(prefixes) < S.n_prefixes: raise ValueError(f"only {len(prefixes)} of the neutral prefixes are absent from the corpus")
+    log(f"{len(cand)} candidate prefixes, {len(hits)} found somewhere in the harvest corpus ({t.s:.0f} s scan) and dropped: {sorted(hits)[:10]}")
+    log(f"using {len(prefixes)}: {prefixes[:6]} ...")
+    return prefixes
 
-def report_matched(name: str, mg: dict, axis: str = "NLL", fmt: str = "+.3f") -> str:
-    "One line: concept of both methods at the matched fluency levels, the gain, its CI and a verdict."
-    if not mg["overlap"]: return f"{name}: the two methods' {axis} ranges do not overlap: no matched-fluency comparison"
-    verdict = "+GLP higher" if mg["lo"] > 0 else "baseline higher" if mg["hi"] < 0 else "no significant difference"
-    j = lambda xs, f: ", ".join(format(x, f) for x in xs)
-    return (f"{name}: at {axis} {j(mg['levels'], '.2f')} concept baseline {j(mg['base_concept'], fmt)} vs +GLP {j(mg['glp_concept'], fmt)}"
-            f" -> gain {mg['gain']:+.3f} [{mg['lo']:+.3f}, {mg['hi']:+.3f}]: {verdict}")
+# %% ../nbs/09_steering.ipynb #r003
+def sentiment_steering(llm: LLM, post, prefixes: Sequence[str], w: torch.Tensor, norm: float, clf, S: SteerCfg, log=print) -> dict:
+    "Both sentiment tasks, baseline and +GLP, every r (and r = 0) from every prefix: the scored table `sent`, its bootstrap summary, matched-fluency gains, examples and the GLP's cost."
+    pids, eos, RS = encode(llm, list(prefixes)), llm.tok.eos_token_id, (0.0,) + tuple(S.rs)
+    dec = lambda c: llm.tok.decode(c, skip_special_tokens=True)
+    jobs = pd.DataFrame([dict(task=k, r=r, unit=i) for k in SIGNS for r in S.rs for i in range(len(prefixes))])
+    delta = torch.stack([SIGNS[k] * r * norm * w for k, r in zip(jobs.task, jobs.r)])
+    gen_stats, conts, conts0 = {}, {}, {}
+    n_tok = 2 * (len(prefixes) + len(jobs)) * S.new_tokens
+    with pbar(total=n_tok, desc="generate", unit="tok") as bar, timer() as t_gen:
+        for m, pp in (("baseline", None), ("glp", post)):
+            conts0[m] = [cut_eos(c, eos) for c in generate(llm, pids, S.new_tokens, post=pp, batch_size=S.batch_size, bar=bar)]
+            gen_stats[m] = {}
+            conts[m] = [cut_eos(c, eos) for c in generate(llm, [pids[i] for i in jobs.unit], S.new_tokens, delta=delta, post=pp,
+                                                           batch_size=S.batch_size, bar=bar, stats=gen_stats[m])]
+    log(f"generated {n_tok:,} tokens in {t_gen.s:.0f} s ({n_tok / t_gen.s:,.0f} tok/s overall)")
+    b_s, g_s = gen_stats["baseline"], gen_stats["glp"]
+    ms_llm, ms_glp = 1e3 * b_s["llm_s"] / b_s["tokens"], 1e3 * g_s["post_s"] / g_s["tokens"]
+    cost = dict(ms_per_token_llm=ms_llm, ms_per_token_glp=ms_glp, ratio=ms_glp / ms_llm, batch_size=S.batch_size,
+                glp_evals=len(time_grid(S.steps, S.t_start, S.grid)) - 1)
+    log(f"GLP post-processing cost: {ms_glp:.2f} ms per generated token vs {ms_llm:.2f} ms for the LLM's own decoding "
+        f"(ratio {cost['ratio']:.2f}; per batched step {1e3 * g_s['post_s'] / g_s['steps']:.0f} ms vs {1e3 * b_s['llm_s'] / b_s['steps']:.0f} ms; "
+        f"batch {S.batch_size}, {cost['glp_evals']} denoiser evaluations per projection)")
+    with pbar(desc="score NLL", unit="tok") as bar, timer() as t_sc:
+        rows = []
+        for m in ("baseline", "glp"):
+            for jb, cs, pre_ in ((jobs, conts[m], [pids[i] for i in jobs.unit]), (None, conts0[m], pids)):
+                texts = [dec(c) for c in cs]
+                f = fluency(llm, pre_, cs, S.batch_size, bar).assign(method=m, text=texts, compound=vader(texts),
+                                                                       p_pos=clf.predict_proba(texts)[:, 1])
+                if jb is not None: rows.append(pd.concat([jb, f], axis=1))
+                else: rows += [f.assign(task=k, r=0.0, unit=np.arange(len(pids))) for k in SIGNS]  # r = 0 serves both tasks
+    sent = pd.concat(rows, ignore_index=True)
+    sgn = sent.task.map(SIGNS)
+    sent["vader"] = sgn * sent.compound                                   # concept: toward the task's sentiment
+    sent["clf"] = np.where(sgn > 0, sent.p_pos, 1 - sent.p_pos)
+    base_fl = sent[(sent.method == "baseline") & (sent.r == 0) & (sent.task == "positive")].sort_values("unit")
+    sent["nll0"] = base_fl.nll.values[sent.unit]
+    sent["score"] = steer_score(sent.vader, sent.nll, sent.nll0)
+    sent["rep2"] = 1 - sent.d2                                            # a second fluency axis (lower = better, like NLL)
+    g0 = sent[(sent.method == "glp") & (sent.r == 0) & (sent.task == "positive")].sort_values("unit")
+    alone = dict(g0[["nll", "compound", "d2", "rep"]].mean().to_dict(), identical=float(np.mean(g0.text.values == base_fl.text.values)))
+    log(f"scored {bar.n:,} continuation tokens in {t_sc.s:.0f} s ({bar.n / t_sc.s:,.0f} tok/s)")
+    log(f"unsteered continuations: NLL {base_fl.nll.mean():.2f}, VADER compound {base_fl.compound.mean():+.3f}, "
+        f"distinct-2 {base_fl.d2.mean():.2f}, rep-4 {base_fl.rep.mean():.2f}")
+    log(f"projection alone (+GLP at r = 0): NLL {alone['nll']:.2f}, VADER {alone['compound']:+.3f}, distinct-2 {alone['d2']:.2f}, "
+        f"rep-4 {alone['rep']:.2f}; identical continuations to the unsteered LM: {alone['identical']:.0%}")
+    idx = boot_idx(len(prefixes), S.n_boot, S.seed)
+    summ = summarize_ci(sent, ["task", "method", "r"], ["vader", "clf", "nll", "d1", "d2", "rep", "score"], idx)
+    matched, report = {}, []
+    for task in SIGNS:
+        d_ = sent[sent.task == task]
+        for sc in ("vader", "clf"):
+            for fl, axis in AXES.items():
+                mg = matched_gain(curves(d_, "baseline", sc, RS, fluency=fl), curves(d_, "glp", sc, RS, fluency=fl), idx)
+                matched[f"{task}/{sc}/{fl}"] = mg
+                report.append(report_matched(f"{task:8s} {sc:5s}", mg, axis))
+    examples = {task: matched_examples(sent[sent.task == task], prefixes, "vader") for task in SIGNS}
+    return dict(sent=sent, summary=summ, matched=matched, report=report, examples=examples, cost=cost, rs=list(RS), conts0=conts0,
+                nll0=base_fl.nll.values, unsteered=base_fl[["nll", "d1", "d2", "rep", "compound", "p_pos"]].mean().to_dict(),
+                projection_alone=alone)
 
-# %% ../nbs/09_steering.ipynb #c068
-METHODS = {"baseline": dict(color="tab:gray", marker="o", label="steering (baseline)"),
-           "glp": dict(color="tab:blue", marker="s", label="steering + GLP")}
+# %% ../nbs/09_steering.ipynb #r004
+def steering_features(llm: LLM, sae, val_store, big: torch.Tensor, P: Profile, log=print) -> dict:
+    "The SAE features to steer (seeded, among those firing on `feature_freq` of validation tokens and not written mostly into the massive dimensions), their statistics, descriptions and steering directions."
+    S = P.steer
+    n_docs, max_len = int(val_store.manifest["docs"]), int(val_store.manifest["max_len"])
+    with timer() as t:
+        vtok = store_tokens(llm, docs(P.corpus, "val"), n_docs, max_len)
+    if len(vtok) != val_store.n:
+        raise ValueError(f"re-tokenizing the {n_docs} validation documents gives {len(vtok):,} tokens but the store has {val_store.n:,} rows: "
+                         f"the corpus or tokenizer changed since nbs/03_harvest.ipynb ran; re-harvest")
+    ctx_rows = int((vtok.doc < S.context_docs).sum())
+    x_ctx = val_store.read(0, ctx_rows)
+    d0 = vtok[vtok.doc == 0]
+    ids0 = encode(llm, [next(iter(docs(P.corpus, "val")))[1]], max_len)[0]
+    h0 = forward_to_layer(llm, torch.tensor([ids0]))[0, 1:]
+    rel = float((h0 - x_ctx[:len(d0)]).norm() / x_ctx[:len(d0)].norm())
+    if not rel < 0.02: raise ValueError(f"store rows do not match re-computed activations (relative error {rel:.3f}): re-harvest with nbs/03_harvest.ipynb")
+    freq, mean_on = code_stats(sae, x_ctx)
+    raw_dirs = sae.directions().float().cpu()
+    in_big = raw_dirs[:, big].pow(2).sum(1) if len(big) else torch.zeros(sae.n_latents)  # share of squared norm in massive dims
+    feats = pick_features(freq, S.n_features, *S.feature_freq, seed=S.seed, eligible=in_big <= 0.5)
+    z_ctx = sae_codes(sae, x_ctx, feats)
+    desc = {f: describe(llm.tok, vtok.iloc[:ctx_rows], z_ctx[:, k].numpy()) for k, f in enumerate(feats)}
+    n_ok = int(((freq >= S.feature_freq[0]) & (freq <= S.feature_freq[1])).sum())
+    mean_on = mean_on.numpy()
+    log(f"{ctx_rows:,} validation tokens from {min(S.context_docs, n_docs)} documents ({t.s:.1f} s to re-tokenize {n_docs} docs; "
+        f"store alignment error {rel:.1e}); {n_ok} features fire on {S.feature_freq[0]:.1%}..{S.feature_freq[1]:.0%} of tokens, "
+        f"{int((in_big > 0.5).sum())} of all {sae.n_latents} write mostly (>50% of the squared norm of their raw decoder direction) into "
+        f"the massive dimensions and are not eligible; steering {feats}")
+    for f in feats: log(f"  feature {f}: fires on {freq[f]:.2%} of tokens, mean act when on {mean_on[f]:.2f}; {desc[f]['text']}")
+    log(f"share of each steered decoder direction's squared norm in the massive dimensions (zeroed): {[round(float(in_big[f]), 3) for f in feats]}")
+    return dict(feats=feats, freq=freq, mean_on=mean_on, desc=desc, dirs=drop_dims(raw_dirs, big), in_big=in_big)
 
-def pareto_ax(ax, summ: pd.DataFrame, concept: str, title: str, ylabel: str):
-    "Concept vs NLL curves of each method in `summ` (columns method, r, nll[_lo/_hi], concept[_lo/_hi])."
-    for m, g in summ.groupby("method"):
-        g = g.sort_values("r"); st = METHODS.get(m, {})
-        ax.errorbar(g.nll, g[concept], xerr=[g.nll - g.nll_lo, g.nll_hi - g.nll], yerr=[g[concept] - g[concept + "_lo"], g[concept + "_hi"] - g[concept]],
-                    color=st.get("color"), marker=st.get("marker", "o"), label=st.get("label", m), capsize=2, lw=1.2, ms=4)
-        for _, row in g.iterrows(): ax.annotate(f"{row.r:g}", (row.nll, row[concept]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.invert_xaxis(); ax.set_xlabel("continuation NLL under the unsteered LM (nats/token)  \u2192 more fluent")
-    ax.set_ylabel(ylabel); ax.set_title(title, fontsize=10); ax.grid(alpha=0.3)
+# %% ../nbs/09_steering.ipynb #r005
+def feature_steering(llm: LLM, sae, post, prefixes: Sequence[str], conts0: dict, fch: dict, norm: float, S: SteerCfg, log=print) -> dict:
+    "Steering along the unit decoder direction of each feature in `fch` (`steering_features`) from `feature_prompts` prefixes, baseline and +GLP: scored table, bootstrap summary, matched gains, examples, cost."
+    feats, dirs, mean_on = fch["feats"], fch["dirs"], fch["mean_on"]
+    pids, eos, RS = encode(llm, list(prefixes)), llm.tok.eos_token_id, (0.0,) + tuple(S.rs)
+    dec = lambda c: llm.tok.decode(c, skip_special_tokens=True)
+    fjobs = pd.DataFrame([dict(feature=f, prompt=int(q), r=r) for f in feats
+                          for q in np.random.default_rng(S.seed + f).choice(len(prefixes), S.feature_prompts, replace=False) for r in RS])
+    fjobs["unit"] = fjobs.groupby("r").cumcount()
+    on = (fjobs.r > 0).values                          # r = 0 reuses the sentiment sweep's unsteered / projection-only runs (conts0)
+    fdelta = torch.stack([r * norm * dirs[f] for f, r in zip(fjobs.feature[on], fjobs.r[on])])
+    fconts, fstats = {}, {}
+    with pbar(total=2 * int(on.sum()) * S.new_tokens, desc="generate (SAE features)", unit="tok") as bar, timer() as t:
+        for m, pp in (("baseline", None), ("glp", post)):
+            fstats[m] = {}
+            steered = iter(cut_eos(c, eos) for c in generate(llm, [pids[i] for i in fjobs.prompt[on]], S.new_tokens, delta=fdelta, post=pp,
+                                                              batch_size=S.batch_size, bar=bar, stats=fstats[m]))
+            fconts[m] = [next(steered) if o else conts0[m][q] for o, q in zip(on, fjobs.prompt)]
+    log(f"generated {bar.n:,} tokens in {t.s:.0f} s")
+    with pbar(desc="score (SAE features)", unit="tok") as bar, timer() as t:
+        rows = []
+        for m in ("baseline", "glp"):
+            pre_ = [pids[i] for i in fjobs.prompt]
+            f = fluency(llm, pre_, fconts[m], S.batch_size, bar)
+            a = feature_acts(llm, sae, pre_, fconts[m], fjobs.feature.tolist(), S.batch_size)
+            rows.append(pd.concat([fjobs, f], axis=1).assign(method=m, text=[dec(c) for c in fconts[m]], act=a,
+                                                              concept=a / mean_on[fjobs.feature.values]))
+    feat = pd.concat(rows, ignore_index=True)
+    f0_rel = float(feat[(feat.method == "baseline") & (feat.r == 0)].concept.mean())
+    log(f"scored in {t.s:.0f} s; unsteered continuations: relative feature activation {f0_rel:.3f}")
+    fidx = boot_idx(fjobs.unit.max() + 1, S.n_boot, S.seed)
+    fsumm = summarize_ci(feat, ["method", "r"], ["concept", "nll", "d2", "rep"], fidx)
+    feat["rep2"] = 1 - feat.d2
+    matched = {fl: matched_gain(curves(feat, "baseline", "concept", RS, fluency=fl), curves(feat, "glp", "concept", RS, fluency=fl), fidx)
+               for fl in AXES}
+    report = [report_matched("SAE features (relative activation)", mg, AXES[fl]) for fl, mg in matched.items()]
+    ex = matched_examples(feat.assign(text=[f"[f{f}] {t_}" for f, t_ in zip(feat.feature, feat.text)]),
+                          [prefixes[q] for q in fjobs.prompt[fjobs.r == 0]], "concept")
+    return dict(feat=feat, summary=fsumm, matched=matched, report=report, examples=ex, unsteered_concept=f0_rel, rs=list(RS),
+                n_features=len(feats), prompts_per_feature=S.feature_prompts,
+                features={str(f): dict(freq=float(fch["freq"][f]), mean_on=float(mean_on[f]), **fch["desc"][f]) for f in feats},
+                cost=dict(llm_ms=1e3 * fstats["baseline"]["llm_s"] / fstats["baseline"]["tokens"],
+                          glp_ms=1e3 * fstats["glp"]["post_s"] / fstats["glp"]["tokens"]))
 
-# %% ../nbs/09_steering.ipynb #c086
-def matched_examples(df: pd.DataFrame, prefixes: Sequence[str], concept: str, k: int = 3, r_min: float = 1.0) -> dict:
-    "A fluency-matched (baseline r, +GLP r) pair and `k` same-prefix examples with the closest NLLs."
-    mean = df.groupby(["method", "r"]).nll.mean()
-    rb = [r for r in mean["baseline"].index if r >= r_min] or list(mean["baseline"].index)
-    rg = [r for r in mean["glp"].index if r >= r_min] or list(mean["glp"].index)
-    pairs = sorted(((abs(mean["baseline"][a] - mean["glp"][b]), -b, a, b) for a in rb for b in rg))
-    _, _, a, b = pairs[0]
-    B = df[(df.method == "baseline") & (df.r == a)].set_index("unit"); G = df[(df.method == "glp") & (df.r == b)].set_index("unit")
-    close = (B.nll - G.nll).abs().sort_values().index[:k]
-    ex = [dict(prefix=prefixes[u], baseline=B.text[u], glp=G.text[u], nll_baseline=float(B.nll[u]), nll_glp=float(G.nll[u]),
-               concept_baseline=float(B[concept][u]), concept_glp=float(G[concept][u])) for u in close]
-    return dict(r_baseline=float(a), r_glp=float(b), nll_baseline=float(mean["baseline"][a]), nll_glp=float(mean["glp"][b]),
-                concept_baseline=float(B[concept].mean()), concept_glp=float(G[concept].mean()), examples=ex)
+# %% ../nbs/09_steering.ipynb #r006
+def steering_vs_compute(llm: LLM, P: Profile, prefixes: Sequence[str], w: torch.Tensor, norm: float, sent: pd.DataFrame, nll0, log=print) -> dict:
+    "Positive-sentiment +GLP steering score (r > 1, first `scaling_prefixes` prefixes) of every checkpoint in `glp_runs(P)`, with its training FLOPs, and plain steering's score on the same jobs."
+    from glp_nb.scaling import flops
+    S = P.steer
+    runs = glp_runs(P)
+    r_hi = [r for r in S.rs if r > 1]
+    if not r_hi: raise ValueError(f"SteerCfg.rs={S.rs} has no coefficient above 1, which the steering score averages over")
+    pids, eos = encode(llm, list(prefixes)), llm.tok.eos_token_id
+    dec = lambda c: llm.tok.decode(c, skip_special_tokens=True)
+    npx = min(S.scaling_prefixes, len(prefixes))
+    sj = pd.DataFrame([dict(r=r, unit=i) for r in r_hi for i in range(npx)])
+    sdelta = torch.stack([r * norm * w for r in sj.r])
+    spre = [pids[i] for i in sj.unit]
+    nll0 = np.asarray(nll0)[sj.unit]
+    pts = []
+    with pbar(total=len(runs) * len(sj) * S.new_tokens, desc="scaling", unit="tok") as bar, timer() as t:
+        for run in runs:
+            g_ = load_glp(run["path"], device=llm.device).eval()
+            c_ = [cut_eos(c, eos) for c in generate(llm, spre, S.new_tokens, delta=sdelta, post=GLPPost.from_cfg(g_, S),
+                                                     batch_size=S.batch_size, bar=bar)]
+            nl = cont_nll(llm, spre, c_, S.batch_size)
+            comp = vader([dec(c) for c in c_])
+            n_par = sum(p.numel() for p in g_.denoiser.parameters())
+            pts.append(dict(run, params=n_par, flops=float(flops(n_par, run["acts"])), score=float(steer_score(comp, nl, nll0).mean()),
+                            vader=float(comp.mean()), nll=float(nl.mean())))
+    sc = pd.DataFrame(pts)
+    ref = sent[(sent.task == "positive") & (sent.method == "baseline") & sent.r.isin(r_hi) & (sent.unit < npx)]
+    ref_score = float(ref.score.mean())
+    log(f"{len(runs)} checkpoints x {len(sj)} generations in {t.s:.0f} s; baseline (no GLP) score on the same jobs {ref_score:.3f}")
+    rho = None
+    if len(sc) > 2:
+        from scipy.stats import spearmanr
+        r_ = spearmanr(np.log(sc.flops), sc.score)
+        rho = dict(rho=float(r_.statistic), p=float(r_.pvalue), n=len(sc))
+        log(f"Spearman correlation of score with log FLOPs over all checkpoints: {rho['rho']:+.2f} (p={rho['p']:.2g})")
+    return dict(points=sc, baseline_score=ref_score, rs=r_hi, n_prefixes=npx, spearman=rho,
+                score_range=[float(sc.score.min()), float(sc.score.max())] if len(sc) else None)
 
-def examples_md(m: dict, concept: str) -> str:
-    "A markdown table of `matched_examples` output."
-    esc = lambda s: s.replace("|", "\\|").replace("\n", " ")
-    head = (f"baseline r={m['r_baseline']:g} (mean NLL {m['nll_baseline']:.2f}, {concept} {m['concept_baseline']:+.3f}) vs "
-            f"+GLP r={m['r_glp']:g} (mean NLL {m['nll_glp']:.2f}, {concept} {m['concept_glp']:+.3f})\n\n")
-    t = "| prefix | baseline | +GLP |\n|---|---|---|\n"
-    for e in m["examples"]:
-        t += (f"| {esc(e['prefix'])} | {esc(e['baseline'])} *(NLL {e['nll_baseline']:.2f}, {e['concept_baseline']:+.2f})* | "
-              f"{esc(e['glp'])} *(NLL {e['nll_glp']:.2f}, {e['concept_glp']:+.2f})* |\n")
-    return head + t
+# %% ../nbs/09_steering.ipynb #r007
+def judge_steering(S: SteerCfg, sent: pd.DataFrame, prefixes: Sequence[str], log=print) -> Optional[pd.DataFrame]:
+    "AxBench-style judge ratings of every sentiment continuation, averaged per (task, method, r); None when `S.judge_url` is unset."
+    if not S.judge_url:
+        log("LLM judge off (P.steer.judge_url is None); the scores are offline (VADER, TF-IDF, SAE activation, NLL)"); return None
+    with timer() as t:
+        jd = pd.concat([judge(S.judge_url, S.judge_model, f"{task} sentiment", [prefixes[u] for u in g.unit], g.text.tolist()).set_index(g.index)
+                        for task, g in sent.groupby("task")])
+    rated = sent.assign(judge_concept=jd["concept"], judge_fluency=jd["fluency"])
+    log(f"judged {len(sent)} continuations with {S.judge_model} at {S.judge_url} in {t.s:.0f} s")
+    return rated.groupby(["task", "method", "r"])[["judge_concept", "judge_fluency"]].mean().reset_index()
+
+def verdicts(res: dict) -> list[str]:
+    "The matched-fluency verdicts of `run_steering`'s result in one place, with the GLP's cost."
+    fmt = lambda mg: "n/a (no overlap)" if not mg["overlap"] else f"{mg['gain']:+.3f} [{mg['lo']:+.3f}, {mg['hi']:+.3f}]"
+    allm = list(res["sentiment"]["matched"].items()) + [(f"sae/{k}", v) for k, v in res["sae"]["matched"].items()]
+    lines = [f"- {k.replace('/', ', ')}: +GLP minus baseline concept at matched fluency = {fmt(v)}" for k, v in res["sentiment"]["matched"].items()]
+    lines += [f"- SAE features, {k}: {fmt(v)}" for k, v in res["sae"]["matched"].items()]
+    wins = [k for k, v in allm if v["overlap"] and v["lo"] > 0]
+    losses = [k for k, v in allm if v["overlap"] and v["hi"] < 0]
+    if wins and not losses: lines.append(f"\nAt matched fluency +GLP reaches a higher concept score than plain steering in {wins} (95% CIs exclude 0), never lower.")
+    elif not wins: lines.append(f"\nAt our scale +GLP does NOT reach a higher concept score than plain steering at matched fluency in any comparison"
+                                + (f"; it is lower in {losses}." if losses else " (no significant difference)."))
+    else: lines.append(f"\nMixed: +GLP is higher in {wins} and lower in {losses} at matched fluency.")
+    c = res["sentiment"]["cost"]
+    lines.append(f"GLP post-processing costs {c['ms_per_token_glp']:.2f} ms per generated token, {c['ratio']:.2f}x the LLM's own decoding "
+                 f"({c['ms_per_token_llm']:.2f} ms/token) at batch {c['batch_size']} with {c['glp_evals']} denoiser evaluations.")
+    return lines
+
+# %% ../nbs/09_steering.ipynb #r008
+def plot_sentiment(res: dict):
+    "Concept against fluency of sentiment steering: tasks by column, scorers (VADER, TF-IDF) by row."
+    import matplotlib.pyplot as plt
+    summ = res["sentiment"]["summary"]
+    fig, axs = plt.subplots(2, 2, figsize=(12, 9))
+    for j, task in enumerate(SIGNS):
+        for i, (sc, lab) in enumerate((("vader", "VADER compound toward the target"), ("clf", "TF-IDF classifier P(target)"))):
+            pareto_ax(axs[i, j], summ[summ.task == task], sc, f"{task} sentiment: {lab}", lab)
+    axs[0, 0].legend(fontsize=8)
+    fig.suptitle(f"DiffMean sentiment steering, {res['model']} layer {res['layer']}: concept vs fluency over r (labels), 95% bootstrap CIs", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+def plot_sae_steering(res: dict):
+    "SAE-feature steering: concept against fluency, and the repetition rate against r."
+    import matplotlib.pyplot as plt
+    fs = res["sae"]; fsumm = fs["summary"]
+    fig, axs = plt.subplots(1, 2, figsize=(12, 4.8))
+    pareto_ax(axs[0], fsumm, "concept", f"{fs['n_features']} SAE features x {fs['prompts_per_feature']} prompts", "feature activation / its mean when on")
+    axs[0].legend(fontsize=8)
+    for m, g in fsumm.groupby("method"):
+        axs[1].errorbar(g.r, g.rep, yerr=[g.rep - g.rep_lo, g.rep_hi - g.rep], capsize=2, **style(m))
+    axs[1].set_xlabel("r (alpha / mean activation norm)"); axs[1].set_ylabel("repetition rate (seq-rep-4)"); axs[1].grid(alpha=0.3)
+    axs[1].legend(fontsize=8); axs[1].set_title("degeneration", fontsize=10)
+    fig.suptitle(f"SAE-feature steering, {res['model']} layer {res['layer']}", fontsize=11); fig.tight_layout()
+    return fig
+
+def plot_vs_compute(res: dict):
+    "Positive-sentiment +GLP steering score against GLP training compute, one line per run, plain steering dotted."
+    import matplotlib.pyplot as plt
+    s = res["scaling"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, g in s["points"].groupby("run", sort=False):
+        g = g.sort_values("flops")
+        ax.plot(g.flops, g.score, marker="o", label=f"{name} ({g.params.iloc[0] / 1e6:.2f}M)", ls="--" if name == "main" else "-")
+    ax.axhline(s["baseline_score"], color="k", ls=":", lw=1, label="no GLP (baseline)")
+    ax.set_xscale("log"); ax.set_xlabel("GLP training compute C = 6 N D (FLOPs)")
+    ax.set_ylabel("concept & fluency score (mean over r > 1)"); ax.grid(alpha=0.3); ax.legend(fontsize=7)
+    ax.set_title(f"Positive-sentiment steering score vs GLP compute ({s['n_prefixes']} prefixes, r in {s['rs']})", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+def plot_judge(res: dict):
+    "The LLM judge's mean concept and fluency ratings (0-2) against r, per task and method."
+    import matplotlib.pyplot as plt
+    js = res["judge"]
+    fig, axs = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, col in zip(axs, ("judge_concept", "judge_fluency")):
+        for (task, m), g in js.groupby(["task", "method"]):
+            st = style(m)
+            ax.plot(g.r, g[col], marker=st["marker"], color=st["color"], ls="-" if task == "positive" else "--", label=f"{task}, {st['label']}")
+        ax.set_xlabel("r"); ax.set_ylabel(col.replace("_", " ") + " (0-2)"); ax.grid(alpha=0.3)
+    axs[0].legend(fontsize=7); fig.suptitle(f"LLM judge ({res['judge_model']})", fontsize=11); fig.tight_layout()
+    return fig
+
+# %% ../nbs/09_steering.ipynb #r009
+def _save(fig, name: str, data: dict, P: Profile, **meta):
+    "`save_figure`, then close the figure (the notebook redraws it from the result)."
+    import matplotlib.pyplot as plt
+    try: return save_figure(fig, name, data, P, **meta)
+    finally: plt.close(fig)
+
+def run_steering(P: Profile, log=print) -> dict:
+    "The steering stage: sentiment and SAE-feature steering, baseline against +GLP, the score against GLP compute, the optional judge; figures saved, results returned."
+    T0, S = time.perf_counter(), P.steer
+    env = steering_setup(P, log)
+    llm = env["llm"]
+    d = sentiment_direction(llm, S, env["big"], log)
+    prefixes = steering_prefixes(P, log)
+    res = dict(profile=P.name, model=llm.name, layer=llm.layer, prefixes=prefixes, glp_ckpt=env["glp_ckpt"], post=repr(env["post"]),
+               act_norm=env["norm"], act_norm_all_dims=env["norm_all"], massive_dims=env["big"].tolist(), massive=env["massive"], projection=env["projection"],
+               direction=d["direction"], tfidf_accuracy=d["tfidf_accuracy"], vader_auroc=d["vader_auroc"], judge_model=S.judge_model)
+    sen = res["sentiment"] = sentiment_steering(llm, env["post"], prefixes, d["w"], env["norm"], d["clf"], S, log)
+    _save(plot_sentiment(res), "steering_sentiment", dict(
+        summary=sen["summary"].to_dict("records"), matched=sen["matched"], examples=sen["examples"], unsteered=sen["unsteered"],
+        direction=res["direction"], tfidf_accuracy=res["tfidf_accuracy"], vader_auroc=res["vader_auroc"], massive_dims=res["massive_dims"],
+        prefixes=prefixes, act_norm=res["act_norm"], act_norm_all_dims=res["act_norm_all_dims"], cost=sen["cost"], glp_ckpt=res["glp_ckpt"],
+        post=res["post"], projection=res["projection"], projection_alone=sen["projection_alone"], massive=res["massive"], rs=sen["rs"],
+        new_tokens=S.new_tokens),
+        P, layer=llm.layer, n_prefixes=len(prefixes), n_boot=S.n_boot)
+    fch = steering_features(llm, env["sae"], env["val_store"], env["big"], P, log)
+    fs = res["sae"] = feature_steering(llm, env["sae"], env["post"], prefixes, sen["conts0"], fch, env["norm"], S, log)
+    _save(plot_sae_steering(res), "steering_sae", dict(
+        summary=fs["summary"].to_dict("records"), matched=fs["matched"], examples=fs["examples"], unsteered_concept=fs["unsteered_concept"],
+        features=fs["features"], cost=fs["cost"], rs=fs["rs"], prompts_per_feature=fs["prompts_per_feature"]),
+        P, layer=llm.layer, n_features=fs["n_features"], n_boot=S.n_boot)
+    sc = res["scaling"] = steering_vs_compute(llm, P, prefixes, d["w"], env["norm"], sen["sent"], sen["nll0"], log)
+    _save(plot_vs_compute(res), "steering_scaling", dict(
+        points=sc["points"].to_dict("records"), baseline_score=sc["baseline_score"], rs=sc["rs"], n_prefixes=sc["n_prefixes"],
+        spearman=sc["spearman"], score_range=sc["score_range"],
+        score="mean over prefixes and r>1 of ((VADER+1)/2 + exp(-max(0, NLL-NLL0)))/2"), P, layer=llm.layer)
+    res["judge"] = judge_steering(S, sen["sent"], prefixes, log)
+    if res["judge"] is not None:
+        _save(plot_judge(res), "steering_judge", dict(summary=res["judge"].to_dict("records"), judge_url=S.judge_url), P,
+              layer=llm.layer, judge_model=S.judge_model)
+    res["verdicts"] = verdicts(res)
+    res["seconds"] = time.perf_counter() - T0
+    log(f"09_steering pipeline done in {res['seconds']:.0f} s on {torch.get_num_threads()} threads")
+    return res

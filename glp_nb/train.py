@@ -11,16 +11,14 @@ import numpy as np, pandas as pd, torch
 from .core import (Profile, TrainCfg, data_dir, atomic_path, save_json, pbar, timer, writer_lock, clean_tmp,
                          settings_match, disk_full)
 from .glp import make_glp, flow_loss, save_glp, load_glp
+from .artefacts import glp_dir, list_ckpts, ckpt_name
+from .harvest import from_bits
 
 # %% auto #0
-__all__ = ['glp_dir', 'lr_factor', 'make_scheduler', 'ckpt_steps', 'bits_to_f32', 'store_batches', 'batch_stream', 'Prefetch',
-           'step_seed', 'batch_loss', 'HeldOut', 'ckpt_name', 'list_ckpts', 'check_finite', 'save_ckpt', 'load_state',
-           'newest_ckpt', 'train_glp', 'launch_cmd', 'RowDataset', 'loader_bench', 'matmul_flops', 'nn_dist', 'pca2']
-
-# %% ../nbs/05_train.ipynb #c006
-def glp_dir(P: Profile, run: str = "main") -> Path:
-    "Folder of the GLP trained under profile `P` by run `run`: data_dir()/glps/<profile>/<run>."
-    return data_dir() / "glps" / P.name / run
+__all__ = ['lr_factor', 'make_scheduler', 'ckpt_steps', 'store_batches', 'batch_stream', 'Prefetch', 'step_seed', 'batch_loss',
+           'HeldOut', 'RunMismatch', 'check_finite', 'save_ckpt', 'load_state', 'newest_ckpt', 'train_glp',
+           'launch_cmd', 'RowDataset', 'loader_bench', 'matmul_flops', 'nn_dist', 'pca2', 'train_summary',
+           'plot_training_curve', 'curve_data', 'projection_check', 'pca_views', 'plot_generated_pca', 'run_train']
 
 # %% ../nbs/05_train.ipynb #c009
 def lr_factor(step: int, total: int, warmup_frac=0.01, warmup_start=0.01, final_frac=0.1) -> float:
@@ -42,10 +40,6 @@ def ckpt_steps(total: int, n_ckpts: int) -> list[int]:
     return sorted({max(1, round(total / 2 ** k)) for k in range(max(1, n_ckpts))})
 
 # %% ../nbs/05_train.ipynb #c015
-def bits_to_f32(u16: np.ndarray) -> torch.Tensor:
-    "bf16 bit patterns (uint16) -> float32 tensor, exactly: the bf16 bits become the upper half of the fp32 bits."
-    return torch.from_numpy((np.ascontiguousarray(u16).astype(np.uint32) << 16).view(np.float32))
-
 def store_batches(store, batch_size: int, seed: int = 0, epoch: int = 0, rank: int = 0, world: int = 1, start: int = 0,
                   mix: int = 2):
     """One shuffled pass over `store` (drop_last) in Store.batches' order, from global batch `start` on; yields this process's
@@ -66,7 +60,7 @@ def store_batches(store, batch_size: int, seed: int = 0, epoch: int = 0, rank: i
         pos = np.concatenate([np.arange(len(carry)), len(carry) + np.random.default_rng(sd).permutation(len(x) - len(carry))])
         nb = len(pos) // batch_size
         for i in range(nb):
-            if k >= start: yield bits_to_f32(x[pos[i * batch_size + rank * b:i * batch_size + (rank + 1) * b]])
+            if k >= start: yield from_bits(x[pos[i * batch_size + rank * b:i * batch_size + (rank + 1) * b]])
             k += 1
         carry = x[pos[nb * batch_size:]]
 
@@ -169,12 +163,8 @@ def _run_key(cfg: TrainCfg, B: int, total: int, glp, store, val=None) -> dict:
                 glp=[int(getattr(den, k, 0)) for k in ("d_input", "d_model", "d_mlp", "depth")], store=[int(store.n), int(store.d)],
                 data=dict(train=getattr(store, "fingerprint", None), val=getattr(val, "fingerprint", None)))
 
-def ckpt_name(acts: int) -> str: return f"ckpt_{acts:012d}"
-
-def list_ckpts(out) -> list[Path]:
-    "Complete checkpoint folders under `out`, by activations seen."
-    out = Path(out)
-    return sorted(p for p in out.glob("ckpt_*") if p.is_dir() and (p / "state.pt").exists()) if out.exists() else []
+class RunMismatch(ValueError):
+    "A run folder holds checkpoints of a run with other settings (the message names the differing keys)."
 
 def check_finite(model, what):
     "Raise unless every parameter of `model` is finite; `what` names the thing that was about to be written."
@@ -255,7 +245,7 @@ def _train_glp(P, train_store, val_store, out: Path, glp, n_acts, acc, resume, s
     done = newest_ckpt(out, log, main) if resume else None
     if done and (bad := settings_match(done[1]["key"], key)):
         if on_mismatch == "error":
-            raise ValueError(f"checkpoints in {out} come from another run; differing:\n  " + "\n  ".join(bad)
+            raise RunMismatch(f"checkpoints in {out} come from another run; differing:\n  " + "\n  ".join(bad)
                              + "\nUse another folder, or on_mismatch='restart' to delete that run and start over.")
         if acc.is_main_process:
             log(f"{out} holds a run with other settings ({'; '.join(bad)}); deleting it and starting over")
@@ -389,3 +379,142 @@ def pca2(x):
     "(mean, axes [2, d]) of the top-2 principal components of rows `x`."
     mu = x.mean(0)
     return mu, torch.linalg.svd(x - mu, full_matrices=False).Vh[:2]
+
+# %% ../nbs/05_train.ipynb #c041a
+def train_summary(metrics: pd.DataFrame, loader: dict, device) -> dict:
+    "Throughput, FLOP/s against this machine's measured matmul rate, loader share and held-out loss of a training run (`train_glp`'s metrics)."
+    device = torch.device(device)
+    trained = metrics[metrics.step > 0]
+    n_params, B = metrics.attrs["n_params"], metrics.attrs["batch_size"]
+    # wall time of the training steps (evaluations excluded), from each logging interval's throughput
+    step_s = (trained.acts.diff().fillna(trained.acts.iloc[0]) / trained.act_s).sum() / trained.step.max()
+    act_s = B / step_s
+    mm_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32    # the dtype the step computes in
+    peak = matmul_flops(n=4096 if device.type == "cuda" else 2048, device=device, dtype=mm_dtype)
+    achieved = 6 * n_params * B / step_s
+    final, const = metrics.val_loss.iloc[-1], metrics.attrs["const_loss"]
+    return dict(n_params=n_params, batch_size=B, acts=int(metrics.acts.iloc[-1]), act_s=act_s, step_s=step_s,
+                loader_s=loader["fast_s"], loader_share=loader["fast_s"] / step_s,
+                wait_share=trained.data_s.sum() / (trained.data_s.sum() + trained.step_s.sum()),
+                loader_ratio=loader["ratio"], rowwise_s=loader["row_s"], achieved_flops=achieved, peak_matmul_flops=peak,
+                mfu=achieved / peak, val_loss=final, const_loss=const, val_over_const=final / const, matmul_dtype=str(mm_dtype).split(".")[-1])
+
+def plot_training_curve(r: dict):
+    "Train and held-out loss against activations seen, with the constant-prediction line, from `run_train`'s results (metrics, stats)."
+    import matplotlib.pyplot as plt
+    m, st = r["metrics"], r["stats"]
+    trained, const = m[m.step > 0], st["const_loss"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(trained.acts, trained.train_loss, "o-", ms=3, label="train (mean since previous point)")
+    ax.plot(trained.acts, trained.val_loss, "s-", ms=3, label="held-out (fixed t grid and noise)")
+    ax.axhline(const, color="gray", ls="--", label=f"best constant prediction ({const:.2f})")
+    ax.set(xscale="log", xlabel="activations seen", ylabel="flow-matching loss (normalized space)",
+           title=f"GLP training ({r['profile']}: depth {r['depth']}, {st['n_params'] / 1e6:.1f}M params)")
+    ax.legend(); ax.grid(alpha=0.3)
+    return fig
+
+def curve_data(r: dict) -> dict:
+    "The training curve's JSON: losses per logged point (overall and per t), the constant-prediction loss and the summary."
+    m = r["metrics"]; trained = m[m.step > 0]
+    tcols = [c for c in m.columns if c.startswith("t") and c[1:2].isdigit()]
+    return dict(acts=trained.acts.tolist(), train_loss=trained.train_loss.tolist(), val_loss=trained.val_loss.tolist(),
+                val_loss_by_t={c: trained[c].tolist() for c in tcols}, const_loss=r["stats"]["const_loss"], stats=r["stats"])
+
+# %% ../nbs/05_train.ipynb #c041c
+def projection_check(glp, va, P, r: float = 1.0) -> dict:
+    "Mean nearest-neighbour distances (normalized space) of held-out rows of `va`, steered by `r` x their mean norm, before and after `glp.project`."
+    n_q = min(1000, va.n // 4)
+    pool = va.sample(min(va.n, n_q + 8192), seed=P.train.seed + 1)
+    q, bank = pool[:n_q], pool[n_q:]
+    nz = lambda x: glp.normalizer.norm(x.to(glp.device)).cpu()
+    bank_n = nz(bank)
+    alpha = r * q.norm(dim=1).mean()
+    g = torch.Generator().manual_seed(P.train.seed)
+    u_rand = torch.randn(va.d, generator=g); u_rand /= u_rand.norm()
+    pm, pax = pca2(q); hi = (q - pm) @ pax[0] > ((q - pm) @ pax[0]).median()
+    u_half = q[hi].mean(0) - q[~hi].mean(0); u_half /= u_half.norm()
+    proj = lambda x: glp.project(x, t_start=P.sample.t_start, steps=P.sample.steps, generator=torch.Generator().manual_seed(P.train.seed))
+    real_d = nn_dist(nz(q), bank_n).mean().item()
+    out = dict(r=r, alpha=alpha.item(), t_start=P.sample.t_start, steps=P.sample.steps, n_query=n_q, n_bank=len(bank),
+               real=real_d, real_projected=nn_dist(nz(proj(q)), bank_n).mean().item(), directions={})
+    for name, u in [("random", u_rand), ("pc1_halves_diffmean", u_half)]:
+        st = q + alpha * u
+        out["directions"][name] = dict(steered=nn_dist(nz(st), bank_n).mean().item(),
+                                       steered_projected=nn_dist(nz(proj(st)), bank_n).mean().item())
+    return out
+
+def pca_views(glp, va, P) -> dict:
+    "Held-out rows and GLP samples (at each of `P.sample.pca_steps`) on the held-out rows' top-2 PCs (normalized space), with per-panel statistics."
+    nz = lambda x: glp.normalizer.norm(x.to(glp.device)).cpu()
+    real = va.sample(min(P.sample.n_gen, va.n), seed=P.train.seed + 2)
+    real_n = nz(real)
+    mu, ax2 = pca2(real_n)
+    pc = lambda x: ((x - mu) @ ax2.T).numpy()
+    R, gens, panels = pc(real_n), [], []
+    for s in P.sample.pca_steps:
+        with timer() as tm: gen = glp.sample(len(real), steps=s, generator=torch.Generator().manual_seed(P.train.seed))
+        G = pc(nz(gen)); gens.append(G)
+        panels.append(dict(steps=s, n=len(G), seconds=tm.s, samples_per_s=len(G) / tm.s,
+                           real_mean=R.mean(0).tolist(), real_std=R.std(0).tolist(), gen_mean=G.mean(0).tolist(), gen_std=G.std(0).tolist()))
+    return dict(panels=panels, n_real=len(real), real_pcs=R, gen_pcs=gens)
+
+def plot_generated_pca(r: dict):
+    "One panel per number of sampling steps: held-out rows and GLP samples on the top-2 PCs, from `run_train`'s results (or `pca_views`')."
+    import matplotlib.pyplot as plt
+    v = r.get("pca", r)
+    fig, axs = plt.subplots(1, len(v["panels"]), figsize=(3.6 * len(v["panels"]), 3.6), sharex=True, sharey=True)
+    R = v["real_pcs"]
+    for a, p, G in zip(np.atleast_1d(axs), v["panels"], v["gen_pcs"]):
+        a.scatter(R[:, 0], R[:, 1], s=2, alpha=0.3, c="gray", label="real (held-out)")
+        a.scatter(G[:, 0], G[:, 1], s=2, alpha=0.3, c="C1", label="GLP samples")
+        a.set_title(f"{p['steps']} step{'s' if p['steps'] > 1 else ''}"); a.set_xlabel("PC1")
+    np.atleast_1d(axs)[0].set_ylabel("PC2"); np.atleast_1d(axs)[0].legend(markerscale=4, fontsize=8)
+    fig.suptitle(f"Real vs generated activations on the real data's top-2 PCs (normalized space, {r.get('profile', '')})", y=1.03)
+    return fig
+
+# %% ../nbs/05_train.ipynb #c041d
+def run_train(P: Profile, log=print) -> dict:
+    "Stage 05: train (or resume / reuse) profile `P`'s GLP on its stores; summary, `train_stats.json`, and the training-curve and generated-PCA figures + JSON."
+    import matplotlib.pyplot as plt
+    from glp_nb.core import save_figure
+    from glp_nb.artefacts import open_stores
+    tr, va = open_stores(P)  # made by 03_harvest
+    log(tr); log(va)
+    bench = loader_bench(tr, P.train.batch_size)
+    log(f"loader: store_batches {bench['fast_s'] * 1e3:.2f} ms/batch of {bench['batch_size']} ({bench['fast_batches']} batches, shard loads included; "
+        f"Store.batches with torch's bf16 conversion: {bench['store_batches_s'] * 1e3:.1f} ms), "
+        f"per-row Dataset + DataLoader {bench['row_s'] * 1e3:.0f} ms/batch -> {bench['ratio']:.0f}x faster")
+    out = glp_dir(P)
+    glp, metrics = train_glp(P, tr, va, out, on_mismatch="restart")   # a finished run with the same settings is reused
+    glp.eval()
+    st = train_summary(metrics, bench, glp.device)
+    B, n_params = st["batch_size"], st["n_params"]
+    log(f"training: {st['acts']:,} activations, {n_params:,} params, {st['act_s']:,.0f} act/s ({st['step_s'] * 1e3:.0f} ms per step of {B})")
+    log(f"data loading: {bench['fast_s'] * 1e3:.1f} ms per batch = {100 * st['loader_share']:.2f}% of the training step when done "
+        f"synchronously; with the prefetch thread the loop waited {100 * st['wait_share']:.2f}% of its time for data")
+    log(f"loader: {bench['ratio']:.0f}x faster than the per-row Dataset ({bench['row_s'] * 1e3:.0f} vs {bench['fast_s'] * 1e3:.1f} ms per batch)")
+    log(f"FLOP/s: {st['achieved_flops'] / 1e9:.1f} GFLOP/s achieved (6 x {n_params:,} x {B} per step) = {100 * st['mfu']:.0f}% of this "
+        f"machine's measured {st['matmul_dtype']} matmul throughput ({st['peak_matmul_flops'] / 1e9:.1f} GFLOP/s)")
+    log(f"held-out diffusion loss {st['val_loss']:.4f} vs {st['const_loss']:.4f} for the best constant prediction ({st['val_over_const']:.2f}x)")
+    stats = {k: v for k, v in st.items() if k != "matmul_dtype"}
+    save_json(stats, out / "train_stats.json")
+    r = dict(profile=P.name, depth=P.glp.depth, path=str(out), metrics=metrics, stats=stats, loader=bench)
+    fig = plot_training_curve(r)
+    r["curve_png"] = save_figure(fig, "training_curve", curve_data(r), P, d=tr.d, n_params=n_params, store=str(tr.path), layer=tr.manifest.get("layer"))
+    plt.close(fig)
+    r["projection"] = pj = projection_check(glp, va, P)
+    log(f"mean nearest-neighbour distance to {pj['n_bank']:,} real held-out activations (normalized space, d={tr.d}); "
+        f"steering alpha = {pj['r']} x mean norm = {pj['alpha']:.1f}; projection t_start={pj['t_start']}, {pj['steps']} steps")
+    log(f"  real {pj['real']:.3f}   real+projected {pj['real_projected']:.3f}")
+    for name, v in pj["directions"].items():
+        log(f"  {name:>20}: steered {v['steered']:.3f} -> steered+projected {v['steered_projected']:.3f} "
+            f"({100 * (1 - v['steered_projected'] / v['steered']):.0f}% closer)")
+    r["pca"] = pv = pca_views(glp, va, P)
+    for p in pv["panels"]:
+        log(f"{p['steps']:>4} steps: {p['samples_per_s']:,.0f} sample/s; PC1/PC2 std real {np.round(p['real_std'], 2).tolist()} "
+            f"generated {np.round(p['gen_std'], 2).tolist()}")
+    fig = plot_generated_pca(r)
+    r["pca_png"] = save_figure(fig, "generated_pca", dict(panels=pv["panels"], projection=pj, n_real=pv["n_real"]), P, d=tr.d,
+                               n_params=n_params, glp=str(out), layer=tr.manifest.get("layer"))
+    plt.close(fig)
+    return r

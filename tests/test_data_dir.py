@@ -19,15 +19,11 @@ def test_stage_paths_follow_glp_nb_data(user_dirs):
     home, data, out = user_dirs
     from glp_nb.models import tiny_llm, model_cache
     from glp_nb.corpus import corpus_root
-    from glp_nb.harvest import store_dir
-    from glp_nb.train import glp_dir
-    from glp_nb.sae import sae_dir
-    from glp_nb.scaling import rung_dir
-    from glp_nb.probe import cache_path
+    from glp_nb.artefacts import store_dir, glp_dir, sae_dir, rung_dir, probe_cache
     assert Path.home() == home and data_dir() == data and out_dir() == out
     P, Pc, llm = get_profile("smoke"), get_profile("cpu"), tiny_llm()
     for p in [data_dir(), model_cache("gemma3-270m"), corpus_root(), store_dir(P, "train"), store_dir(Pc, "val"), store_dir(P, "train", llm),
-              glp_dir(P), glp_dir(Pc, "ladder_2"), rung_dir(P, 0), sae_dir(P), cache_path(llm, "92_glue_sst2", P.probe)]:
+              glp_dir(P), glp_dir(Pc, "ladder_2"), rung_dir(P, 0), sae_dir(P), probe_cache(llm, "92_glue_sst2", P.probe)]:
         assert _under(p, data), p
     for p in [fig_dir("smoke"), fig_dir("cpu"), fig_dir("gpu"), run_dir("smoke")]:
         assert _under(p, out), p
@@ -36,18 +32,16 @@ def test_stage_paths_follow_glp_nb_data(user_dirs):
 def test_stages_look_for_artefacts_under_glp_nb_data(user_dirs):
     "A later stage whose input is missing names the folder it looked in: the user's, never the default one."
     home, data, out = user_dirs
-    from glp_nb.evaluate import final_glp, ladder_runs
-    from glp_nb.sae import load_sae, sae_dir
-    from glp_nb.probe import final_glp_path
+    from glp_nb.artefacts import open_stores, load_main_glp, load_main_sae, glp_ckpts, ladder_runs
     from glp_nb.neurons import probing_results
     from glp_nb.scaling import rung_points
-    from glp_nb.steer import glp_runs
     P = get_profile("smoke")
-    for fn, root in [(lambda: final_glp(P), data), (lambda: final_glp(P, "ladder_0"), data), (lambda: load_sae(sae_dir(P)), data),
-                     (lambda: final_glp_path(P), data), (lambda: rung_points(P, 0, 100), data), (lambda: probing_results(P), out)]:
+    for fn, root in [(lambda: open_stores(P), data), (lambda: load_main_glp(P), data), (lambda: load_main_glp(P, "ladder_0"), data),
+                     (lambda: load_main_sae(P), data), (lambda: glp_ckpts(P), data), (lambda: rung_points(P, 0, 100), data),
+                     (lambda: probing_results(P), out)]:
         with pytest.raises(FileNotFoundError) as e: fn()
         assert str(root) in str(e.value), e.value
-    assert ladder_runs(P) == [] and glp_runs(P) == []
+    assert ladder_runs(P) == []
 
 
 @torch_threads(1)
@@ -55,9 +49,9 @@ def test_harvest_train_and_reload_under_glp_nb_data(user_dirs):
     "A tiny store harvested at store_dir(P), a GLP trained at glp_dir(P): written under GLP_NB_DATA and found there by the next stage."
     home, data, out = user_dirs
     from glp_nb.models import tiny_llm
-    from glp_nb.harvest import harvest, store_dir, Store
-    from glp_nb.train import train_glp, glp_dir
-    from glp_nb.evaluate import final_glp
+    from glp_nb.harvest import harvest, Store
+    from glp_nb.train import train_glp
+    from glp_nb.artefacts import store_dir, glp_dir, load_main_glp
     P = get_profile("smoke", glp=dict(depth=1, d_model=16, d_mlp=32),
                     train=dict(batch_size=64, n_acts=256, n_ckpts=1, eval_every=10, eval_acts=64))
     llm, cfg = tiny_llm(), HarvestCfg(max_len=32, block_docs=4, shard_acts=100, batch_tokens=128)
@@ -66,7 +60,7 @@ def test_harvest_train_and_reload_under_glp_nb_data(user_dirs):
               for s, n in (("train", 600), ("val", 150))]
     assert all(_under(s.path, data) for s in stores)
     train_glp(P, *stores, glp_dir(P), progress=False, log=lambda *a: None)
-    assert _under(glp_dir(P), data) and final_glp(P).d == llm.d
+    assert _under(glp_dir(P), data) and load_main_glp(P).d == llm.d
     assert Store(store_dir(P, "train", llm)).n == stores[0].n
 
 

@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np, pandas as pd, pytest, torch
 from glp_nb.core import HarvestCfg, get_profile, load_json, save_json, torch_threads, writer_lock
 from glp_nb.models import tiny_llm
-from glp_nb.harvest import FORMAT, Store, harvest, harvest_profile, save_stats, shard_moments, store_dir, to_bits, write_shard, verify_store
-from glp_nb.train import list_ckpts, train_glp
+from glp_nb.harvest import Store, array_store, harvest, harvest_profile, verify_store
+from glp_nb.artefacts import store_dir, list_ckpts
+from glp_nb.train import train_glp
 from glp_nb.sae import sae_ready, train_sae
-from stores import array_store
 
 HCFG = HarvestCfg(max_len=48, block_docs=4, shard_acts=150, batch_tokens=256)
 TP = dict(glp=dict(depth=1, d_model=32, d_mlp=64),
