@@ -371,7 +371,10 @@ def render_holds(figs: Path) -> str:
     rho_p, p_p = _spearman([a for a, _ in chain], [b for _, b in chain])
     rows.append(("Probing improves with GLP size", "**holds**" if rho_p > 0 and p_p < 0.05 else "**holds, weakly**" if rho_p > 0 else "**does not hold**",
                  " → ".join(f"{b:.3f} ({a / 1e6:.2f}M)" for a, b in chain) + f" (Spearman ρ {rho_p:+.2f}, p = {p_p:.2g})"))
-    table = "| paper's claim | here | numbers |\n|---|---|---|\n" + "".join(f"| {a} | {b} | {c} |\n" for a, b, c in rows)
+    sizes = [r["n_params"] for r in fd["ladder"].values()] + [tc["stats.n_params"]]
+    scale = (f"Our GLPs are {min(sizes) / 1e6:.2f}–{max(sizes) / 1e6:.1f}M parameters trained on up to {tc['stats.acts'] / 1e6:.1f}M activations of "
+             f"{tc['meta.model']} layer {tc['meta.layer']}; the paper's are 0.5–3.3B parameters trained on ~1B activations of Llama models.\n\n")
+    table = scale + "| paper's claim | here | numbers |\n|---|---|---|\n" + "".join(f"| {a} | {b} | {c} |\n" for a, b, c in rows)
     th, st, cost = ast["throughput"], tc["stats"], ss["cost"]
     speed = min(v["speedup"] for v in pa["protocol_check"].values())
     costs = (f"\nCosts, measured in the same run: the truncated forward harvests {th['ratio']:.2f}× faster than the naive full forward "

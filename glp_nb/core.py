@@ -12,11 +12,11 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['PROBE_CPU_TASKS', 'PROFILES', 'LIMITS', 'ModelCfg', 'CorpusCfg', 'HarvestCfg', 'GLPCfg', 'TrainCfg', 'SampleCfg',
-           'SAECfg', 'ScalingCfg', 'EvalCfg', 'SteerCfg', 'ProbeCfg', 'NeuronsCfg', 'Profile', 'get_profile',
-           'check_profile', 'temp_env', 'torch_threads', 'isolated', 'repo_root', 'data_dir', 'out_dir', 'fig_dir',
-           'run_dir', 'seed_everything', 'get_device', 'default_threads', 'setup_torch', 'atomic_path', 'disk_error',
-           'disk_full', 'save_json', 'load_json', 'writer_lock', 'clean_tmp', 'settings_match', 'git_rev', 'provenance',
-           'save_figure', 'lookup', 'fill', 'measured', 'pbar', 'timer']
+           'ProjectCfg', 'SAECfg', 'ScalingCfg', 'EvalCfg', 'SteerCfg', 'ProbeCfg', 'NeuronsCfg', 'Profile',
+           'get_profile', 'check_profile', 'temp_env', 'torch_threads', 'isolated', 'repo_root', 'data_dir', 'out_dir',
+           'fig_dir', 'run_dir', 'seed_everything', 'get_device', 'default_threads', 'setup_torch', 'atomic_path',
+           'disk_error', 'disk_full', 'save_json', 'load_json', 'writer_lock', 'clean_tmp', 'settings_match', 'git_rev',
+           'provenance', 'save_data', 'save_figure', 'lookup', 'fill', 'measured', 'pbar', 'timer']
 
 # %% ../nbs/00_core.ipynb #c006
 @dataclass
@@ -79,11 +79,17 @@ class TrainCfg:
 
 @dataclass
 class SampleCfg:
-    "Sampling and on-manifold projection."
-    steps: int = 20
-    t_start: float = 0.5
+    "Sampling from pure noise (t = 1 -> 0)."
+    steps: int = 20                # Euler steps of a sample from noise (04_glp's sampling benchmark)
     n_gen: int = 2000              # generated samples for PCA / FD figures
     pca_steps: tuple = (1, 4, 20, 100)
+
+@dataclass
+class ProjectCfg:
+    "On-manifold projection (SDEdit): noise an activation to `t_start`, denoise it back with `steps` Euler steps on `grid` (05, 08, 09)."
+    t_start: float = 0.5           # start noise level (paper default)
+    steps: int = 20                # Euler steps back to t = 0 (see glp.time_grid)
+    grid: str = "ours"             # 'ours' (steps evaluations from t_start) or 'authors' (the released code's grid)
 
 @dataclass
 class SAECfg:
@@ -132,10 +138,7 @@ class SteerCfg:
     n_features: int = 50           # SAE features to steer along
     feature_prompts: int = 2       # prompts per SAE feature
     n_boot: int = 1000
-    t_start: float = 0.5           # GLP post-processing: SDEdit start noise level (paper default)
-    steps: int = 20                # Euler steps of the projection (see glp.time_grid)
-    grid: str = "ours"             # 'ours' (steps evaluations from t_start) or 'authors' (the released code's grid)
-    seed: int = 0                  # noise seed of the projection, prefix choice and feature choice
+    seed: int = 0                  # noise seed of the projection (GLP post-processing, `Profile.project`), prefix choice and feature choice
     diffmean_n: int = 2000         # labelled sentiment texts for the DiffMean direction (half each class)
     heldout_n: int = 1000          # held-out texts for the direction's AUROC and the TF-IDF classifier's accuracy
     feature_freq: tuple = (0.002, 0.05)  # SAE features eligible for steering fire on this fraction of val tokens
@@ -181,6 +184,7 @@ class Profile:
     glp: GLPCfg = field(default_factory=GLPCfg)
     train: TrainCfg = field(default_factory=TrainCfg)
     sample: SampleCfg = field(default_factory=SampleCfg)
+    project: ProjectCfg = field(default_factory=ProjectCfg)
     sae: SAECfg = field(default_factory=SAECfg)
     scaling: ScalingCfg = field(default_factory=ScalingCfg)
     eval: EvalCfg = field(default_factory=EvalCfg)
@@ -207,7 +211,8 @@ PROFILES = {
         sae=dict(expansion=4, k=16, batch_size=512, n_acts=16_384, lr=3e-3),
         scaling=dict(widths=((32, 64, 1), (64, 128, 1), (128, 256, 2)), n_acts=16_384, batch_size=512, n_ckpts=3, lr=3e-3, n_boot=100),
         eval=dict(fd_n=1000, fd_steps=(1, 4, 20), fd_ladder_steps=4, dlm_docs=8, dlm_len=64, n_boot=200),
-        steer=dict(rs=(0.5, 1.5), n_prefixes=4, new_tokens=6, n_features=3, feature_prompts=1, n_boot=100, steps=4,
+        project=dict(steps=4),        # 05, 08 and 09 project with 4 Euler steps (cpu and gpu: the paper's 20)
+        steer=dict(rs=(0.5, 1.5), n_prefixes=4, new_tokens=6, n_features=3, feature_prompts=1, n_boot=100,
                    diffmean_n=100, heldout_n=100, context_docs=4, scaling_prefixes=3, scaling_ckpts=1, feature_freq=(0.001, 0.2)),
         probe=dict(datasets=("92_glue_sst2", "113_movie_sent"), max_rows=160, max_len=64, top_k=32, n_boot=200, ts=(0.1, 0.5),
                    n_check=4),
@@ -268,20 +273,21 @@ _RULES = {
     "glp": dict(d_model_mult="positive", d_mlp_mult="positive", depth="positive", d_model="positive", d_mlp="positive"),
     "train": dict(lr="positive", batch_size="positive", n_acts="positive", warmup_frac="frac", warmup_start="frac", final_lr_frac="frac",
                   weight_decay="nonneg", clip="positive", n_ckpts="positive", eval_every="positive", eval_acts="positive"),
-    "sample": dict(steps="positive", t_start="t", n_gen="positive"),
+    "sample": dict(steps="positive", n_gen="positive"),
+    "project": dict(t_start="t", steps="positive"),
     "sae": dict(expansion="positive", k="positive", lr="positive", batch_size="positive", n_acts="positive", aux_k="nonneg",
                 aux_coef="nonneg", dead_after="positive", log_every="positive", eval_acts="positive"),
     "scaling": dict(n_acts="positive", batch_size="positive", n_ckpts="positive", lr="positive", n_boot="positive"),
     "eval": dict(fd_n="positive", fd_ladder_steps="positive", dlm_docs="positive", dlm_len="positive", dlm_batch="positive",
                  n_boot="positive", massive_mult="positive"),
     "steer": dict(n_prefixes="positive", new_tokens="positive", n_features="positive", feature_prompts="positive", n_boot="positive",
-                  t_start="t", steps="positive", diffmean_n="positive", heldout_n="positive", context_docs="positive",
+                  diffmean_n="positive", heldout_n="positive", context_docs="positive",
                   scaling_prefixes="positive", scaling_ckpts="positive", batch_size="positive", massive="nonneg"),
     "probe": dict(max_rows="positive", max_len="positive", top_k="positive", t="t", n_boot="positive", batch_tokens="positive",
                   n_check="nonneg"),
     "neurons": dict(docs="positive", length="positive", tasks="positive", top="positive", bold="nonneg"),
 }
-_CHOICES = {("steer", "grid"): ("ours", "authors"), ("model", "dtype"): ("float32", "bfloat16", "float16")}
+_CHOICES = {("project", "grid"): ("ours", "authors"), ("model", "dtype"): ("float32", "bfloat16", "float16")}
 
 def _typed(v, tp, name: str):
     "`v` checked against annotation `tp` (lists become tuples for tuple fields); a TypeError naming `name` otherwise."
@@ -536,12 +542,17 @@ def provenance(profile: Profile, **extra) -> dict:
                 time=datetime.datetime.now().isoformat(timespec="seconds"))
     return {**base, **extra}
 
+def save_data(name: str, data: dict, profile: Profile, **meta) -> Path:
+    "Save a stage's results `data` with their provenance (`meta`: profile, model, git, time, and `meta`'s extras) as `<name>.json` in the profile's figure folder."
+    f = fig_dir(profile.name) / f"{name}.json"
+    save_json({"meta": provenance(profile, **meta), **data}, f)
+    return f
+
 def save_figure(fig, name: str, data: dict, profile: Profile, **meta) -> Path:
-    "Save `fig` as `<name>.png` and `data` (+ provenance) as `<name>.json` in the profile's figure folder."
-    d = fig_dir(profile.name)
-    png = d / f"{name}.png"
+    "Save `fig` as `<name>.png` and its numbers `data` (with `save_data`) as `<name>.json` in the profile's figure folder."
+    png = fig_dir(profile.name) / f"{name}.png"
     with atomic_path(png) as tmp: fig.savefig(tmp, dpi=130, bbox_inches="tight", format="png")
-    save_json({"meta": provenance(profile, **meta), **data}, d / f"{name}.json")
+    save_data(name, data, profile, **meta)
     return png
 
 # %% ../nbs/00_core.ipynb #c022n

@@ -312,14 +312,15 @@ def run_dlm(P: Profile, llm, seqs, glp, sae, pca: PCA, timing: Optional[dict] = 
     E, timing = P.eval, dict(timing or {})
     glp, sae = glp.to(llm.device), sae.to(llm.device)
     g_proj = torch.Generator().manual_seed(E.seed)
-    edits = {"GLP": lambda x: glp.project(x, t_start=P.sample.t_start, steps=P.sample.steps, generator=g_proj),
+    J = P.project
+    edits = {"GLP": lambda x: glp.project(x, t_start=J.t_start, steps=J.steps, grid=J.grid, generator=g_proj),
              "SAE": lambda x: sae(x), "PCA": lambda x: pca.recon(x)}
     with timer() as t: df = delta_lm(llm, seqs, edits, batch_size=E.dlm_batch, progress=progress)
     timing["dlm_s"] = t.s
     n_tok = int(df["n"].sum())
     log(f"{len(seqs)} documents, {n_tok:,} predicted tokens, 4 passes in {t.s:.0f} s ({4 * n_tok / t.s:,.0f} tok/s incl. reconstructions)")
     tab = delta_table(df, E.n_boot, E.seed, pairs=[("GLP", "SAE"), ("GLP", "PCA")])
-    return dict(delta_lm=tab, docs=len(seqs), tokens=n_tok, max_len=E.dlm_len, t_start=P.sample.t_start, steps=P.sample.steps,
+    return dict(delta_lm=tab, docs=len(seqs), tokens=n_tok, max_len=E.dlm_len, t_start=J.t_start, steps=J.steps, grid=J.grid,
                 pca_k=pca.k, per_doc=df.to_dict(orient="list"), paper=PAPER_DLM,
                 claim_glp_below_sae=bool(tab["GLP"]["mean"] < tab["SAE"]["mean"]), timing=timing)
 

@@ -14,8 +14,8 @@ from .core import ModelCfg, data_dir, get_device, save_json, timer
 
 # %% auto #0
 __all__ = ['PACKAGED', 'DTYPES', 'BENCH_TEXT', 'LLM', 'middle_layer', 'check_layer', 'get_layers', 'ByteTokenizer', 'tiny_llm',
-           'encode', 'pad', 'forward_to_layer', 'mlp_neurons', 'edit_layer', 'model_cache', 'hub_reachable', 'load_llm',
-           'save_llm', 'bench_forward', 'run_models']
+           'encode', 'pad', 'positions', 'forward_to_layer', 'mlp_neurons', 'edit_layer', 'model_cache',
+           'hub_reachable', 'load_llm', 'save_llm', 'bench_forward', 'run_models']
 
 # %% ../nbs/01_models.ipynb #c006
 @dataclass
@@ -134,6 +134,10 @@ def pad(llm: LLM, seqs: Sequence[Sequence[int]], side: str = "right") -> tuple[t
         at = slice(0, len(x)) if side == "right" else slice(s - len(x), s)
         ids[i, at] = torch.as_tensor(list(x), dtype=torch.long); mask[i, at] = 1
     return ids.to(llm.device), mask.to(llm.device)
+
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    "Position ids from an attention mask: real tokens count 0, 1, 2...; pads get 0."
+    return (mask.cumsum(-1) - 1).clamp(min=0)
 
 # %% ../nbs/01_models.ipynb #c020
 class _Stop(Exception):

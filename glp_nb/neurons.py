@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from .core import Profile, get_profile, fig_dir, run_dir, save_json, load_json, provenance, pbar, timer
+from .core import Profile, get_profile, fig_dir, run_dir, save_json, save_data, load_json, provenance, pbar, timer
 from .models import LLM, encode
 from .harvest import block_acts, from_bits
 from . import artefacts
@@ -150,10 +150,9 @@ def run_meta_neurons(P: Profile, llm=None, glp=None, docs=None, log=print) -> di
     for x in rep:
         log(f"{x['dataset']}: block {x['block']} unit {x['unit']} (test AUC {x['test_auc']:.3f}, high -> {x['high_class']!r}); "
             f"most frequent top-50 tokens: {x['frequent_top_tokens'][:5]}")
-    out = fig_dir(P.name) / "meta_neurons_top.json"
     markdown = report_markdown(rep)
-    save_json(dict(meta=provenance(P, layer=llm.layer, glp=glp_path, t=t, docs=len(docs), max_len=nc.length, split="val"),
-                   neurons=rep, markdown=markdown), out)
+    out = save_data("meta_neurons_top", dict(neurons=rep, markdown=markdown), P, layer=llm.layer, glp=glp_path, t=t, docs=len(docs),
+                    max_len=nc.length, split="val")
     return dict(chosen=chosen, neurons=rep, markdown=markdown, t=t, docs=len(docs), n_tokens=n_tok, path=out,
                 seconds=dict(scan=tr.s, total=time.perf_counter() - t0))
 

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from torch import nn
 import torch.nn.functional as F
-from .core import (Profile, atomic_path, save_json, load_json, pbar, timer, seed_everything, get_device, writer_lock,
+from .core import (Profile, atomic_path, save_json, save_data, load_json, pbar, timer, seed_everything, get_device, writer_lock,
                          clean_tmp, fig_dir, provenance)
 from .artefacts import sae_dir, reuse, record
 from .stats import standardize
@@ -241,8 +241,7 @@ def run_sae(P: Profile, log=print) -> dict:
     with timer() as t: m = sae_metrics(sae, x_val)
     log(f"held-out ({m['n']:,} val activations): FVU {m['fvu']:.4f} (standardized {m['fvu_std']:.4f}), "
         f"L0 {m['l0']:.1f}, dead {m['dead_frac']:.1%}; final train dead fraction {df.dead_frac.iloc[-1]:.1%}; {t.s:.1f} s")
-    res = dict(meta=provenance(P, layer=train_store.manifest.get("layer")), d=sae.d, n_latents=sae.n_latents, k=sae.k,
-               n_acts=n_acts, train_act_s=float(df.act_s.iloc[-1]), val=m,
+    res = dict(d=sae.d, n_latents=sae.n_latents, k=sae.k, n_acts=n_acts, train_act_s=float(df.act_s.iloc[-1]), val=m,
                train_fvu_final=float(df.fvu.iloc[-1]), train_dead_frac_final=float(df.dead_frac.iloc[-1]))
-    save_json(res, fig_dir(P.name) / "sae_metrics.json")
+    save_data("sae_metrics", res, P, layer=train_store.manifest.get("layer"))
     return dict(res, path=str(out), reused=ready is not None, metrics=df)

@@ -9,18 +9,13 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from .models import LLM, forward_to_layer, pad
+from .models import LLM, forward_to_layer, pad, positions
 from .stats import ci
 
 # %% auto #0
-__all__ = ['STYLES', 'positions', 'layout', 'cont_nll', 'ngrams', 'distinct_n', 'seq_rep', 'vader', 'fit_tfidf', 'feature_acts',
-           'auroc', 'steer_score', 'concept_at', 'match_levels', 'matched_gain', 'cut_eos', 'fluency', 'summarize_ci',
-           'curves', 'report_matched', 'matched_examples', 'examples_md', 'style', 'pareto_ax']
-
-# %% ../nbs/scoring.ipynb #c006
-def positions(mask: torch.Tensor) -> torch.Tensor:
-    "Position ids from an attention mask: real tokens count 0, 1, 2...; pads get 0."
-    return (mask.cumsum(-1) - 1).clamp(min=0)
+__all__ = ['STYLES', 'layout', 'cont_nll', 'ngrams', 'distinct_n', 'seq_rep', 'vader', 'fit_tfidf', 'feature_acts', 'auroc',
+           'steer_score', 'concept_at', 'match_levels', 'matched_gain', 'cut_eos', 'fluency', 'summarize_ci', 'curves',
+           'report_matched', 'matched_examples', 'examples_md', 'style', 'pareto_ax']
 
 # %% ../nbs/scoring.ipynb #c025
 def layout(llm: LLM, prefixes: Sequence[Sequence[int]], conts: Sequence[Sequence[int]]):

@@ -10,14 +10,14 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from .core import SteerCfg, Profile, pbar, timer, save_figure
-from .models import LLM, encode, edit_layer, forward_to_layer, pad, load_llm
+from .core import SteerCfg, ProjectCfg, Profile, pbar, timer, save_figure
+from .models import LLM, encode, edit_layer, forward_to_layer, pad, positions, load_llm
 from .glp import load_glp, time_grid
 from .corpus import docs
 from .stats import boot_idx
 from .probesets import load_task
 from . import artefacts
-from .scoring import positions, cont_nll, vader, fit_tfidf, feature_acts, auroc, steer_score, cut_eos, fluency
+from .scoring import cont_nll, vader, fit_tfidf, feature_acts, auroc, steer_score, cut_eos, fluency
 from .scoring import summarize_ci, curves, matched_gain, report_matched, matched_examples, style, pareto_ax
 from .judge import judge
 
@@ -112,7 +112,12 @@ class GLPPost:
         self.reset()
 
     @classmethod
-    def from_cfg(cls, glp, cfg: SteerCfg): return cls(glp, cfg.t_start, cfg.steps, cfg.grid, cfg.seed)
+    def from_cfg(cls, glp, cfg: ProjectCfg, seed: int = 0):
+        "The projection `cfg` (a profile's `P.project`) with noise seed `seed`."
+        return cls(glp, cfg.t_start, cfg.steps, cfg.grid, seed)
+
+    @property
+    def evals(self) -> int: return len(time_grid(self.steps, self.t_start, self.grid)) - 1   # denoiser evaluations per call
 
     def reset(self): self.gen = torch.Generator(device=self.glp.device).manual_seed(self.seed)
 
@@ -292,7 +297,7 @@ def steering_setup(P: Profile, log=print) -> dict:
     artefacts.main_glp_dir(P); sae = artefacts.load_main_sae(P)  # before the slow LLM load
     llm = load_llm(P.model)
     glp, sae = artefacts.load_main_glp(P, device=llm.device), sae.to(llm.device)
-    post = GLPPost.from_cfg(glp, S)
+    post = GLPPost.from_cfg(glp, P.project, S.seed)
     big = massive_dims(train_store.mean, train_store.var, S.massive)
     norm_all, norm = act_norm(train_store, seed=S.seed), act_norm(train_store, seed=S.seed, exclude=big)
     log(f"{llm.name} layer {llm.layer}; GLP {ckpt} ({sum(p.numel() for p in glp.denoiser.parameters()):,} params), {post}; "
@@ -354,7 +359,7 @@ def steering_prefixes(P: Profile, log=print) -> list[str]:
     return prefixes
 
 # %% ../nbs/09_steering.ipynb #r003
-def sentiment_steering(llm: LLM, post, prefixes: Sequence[str], w: torch.Tensor, norm: float, clf, S: SteerCfg, log=print) -> dict:
+def sentiment_steering(llm: LLM, post: GLPPost, prefixes: Sequence[str], w: torch.Tensor, norm: float, clf, S: SteerCfg, log=print) -> dict:
     "Both sentiment tasks, baseline and +GLP, every r (and r = 0) from every prefix: the scored table `sent`, its bootstrap summary, matched-fluency gains, examples and the GLP's cost."
     pids, eos, RS = encode(llm, list(prefixes)), llm.tok.eos_token_id, (0.0,) + tuple(S.rs)
     dec = lambda c: llm.tok.decode(c, skip_special_tokens=True)
@@ -372,7 +377,7 @@ def sentiment_steering(llm: LLM, post, prefixes: Sequence[str], w: torch.Tensor,
     b_s, g_s = gen_stats["baseline"], gen_stats["glp"]
     ms_llm, ms_glp = 1e3 * b_s["llm_s"] / b_s["tokens"], 1e3 * g_s["post_s"] / g_s["tokens"]
     cost = dict(ms_per_token_llm=ms_llm, ms_per_token_glp=ms_glp, ratio=ms_glp / ms_llm, batch_size=S.batch_size,
-                glp_evals=len(time_grid(S.steps, S.t_start, S.grid)) - 1)
+                glp_evals=post.evals)
     log(f"GLP post-processing cost: {ms_glp:.2f} ms per generated token vs {ms_llm:.2f} ms for the LLM's own decoding "
         f"(ratio {cost['ratio']:.2f}; per batched step {1e3 * g_s['post_s'] / g_s['steps']:.0f} ms vs {1e3 * b_s['llm_s'] / b_s['steps']:.0f} ms; "
         f"batch {S.batch_size}, {cost['glp_evals']} denoiser evaluations per projection)")
@@ -511,7 +516,7 @@ def steering_vs_compute(llm: LLM, P: Profile, prefixes: Sequence[str], w: torch.
     with pbar(total=len(runs) * len(sj) * S.new_tokens, desc="scaling", unit="tok") as bar, timer() as t:
         for run in runs:
             g_ = load_glp(run["path"], device=llm.device).eval()
-            c_ = [cut_eos(c, eos) for c in generate(llm, spre, S.new_tokens, delta=sdelta, post=GLPPost.from_cfg(g_, S),
+            c_ = [cut_eos(c, eos) for c in generate(llm, spre, S.new_tokens, delta=sdelta, post=GLPPost.from_cfg(g_, P.project, S.seed),
                                                      batch_size=S.batch_size, bar=bar)]
             nl = cont_nll(llm, spre, c_, S.batch_size)
             comp = vader([dec(c) for c in c_])

@@ -433,9 +433,10 @@ def projection_check(glp, va, P, r: float = 1.0) -> dict:
     u_rand = torch.randn(va.d, generator=g); u_rand /= u_rand.norm()
     pm, pax = pca2(q); hi = (q - pm) @ pax[0] > ((q - pm) @ pax[0]).median()
     u_half = q[hi].mean(0) - q[~hi].mean(0); u_half /= u_half.norm()
-    proj = lambda x: glp.project(x, t_start=P.sample.t_start, steps=P.sample.steps, generator=torch.Generator().manual_seed(P.train.seed))
+    J = P.project
+    proj = lambda x: glp.project(x, t_start=J.t_start, steps=J.steps, grid=J.grid, generator=torch.Generator().manual_seed(P.train.seed))
     real_d = nn_dist(nz(q), bank_n).mean().item()
-    out = dict(r=r, alpha=alpha.item(), t_start=P.sample.t_start, steps=P.sample.steps, n_query=n_q, n_bank=len(bank),
+    out = dict(r=r, alpha=alpha.item(), t_start=J.t_start, steps=J.steps, grid=J.grid, n_query=n_q, n_bank=len(bank),
                real=real_d, real_projected=nn_dist(nz(proj(q)), bank_n).mean().item(), directions={})
     for name, u in [("random", u_rand), ("pc1_halves_diffmean", u_half)]:
         st = q + alpha * u
