@@ -10,7 +10,7 @@ import torch
 from .core import torch_threads
 
 # %% auto #0
-__all__ = ['boot_idx', 'ci', 'bootstrap_ci', 'paired_diff_ci', 'boot_ratio', 'standardize', 'fit_standardizer', 'PCA']
+__all__ = ['boot_idx', 'ci', 'bootstrap_ci', 'paired_diff_ci', 'boot_ratio', 'standardize', 'fit_standardizer', 'PCA', 'top_axes']
 
 # %% ../nbs/stats.ipynb #s006
 def boot_idx(n: int, n_boot: int, seed: int = 0) -> np.ndarray:
@@ -99,3 +99,9 @@ class PCA:
         ok = np.nonzero(curve <= target)[0]
         self.k = int(ok[0]) if len(ok) else len(curve) - 1
         return self.k
+
+# %% ../nbs/stats.ipynb #s901
+def top_axes(x, k: int = 2):
+    "(mean, axes [k, d]): the mean of rows `x` and their top-`k` principal axes in raw space (SVD of the centred rows)."
+    mu = x.mean(0)
+    return mu, torch.linalg.svd(x - mu, full_matrices=False).Vh[:k]

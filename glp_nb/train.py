@@ -10,6 +10,7 @@ from typing import Optional
 import numpy as np, pandas as pd, torch
 from .core import (Profile, TrainCfg, data_dir, atomic_path, save_json, pbar, timer, writer_lock, clean_tmp,
                          settings_match, disk_full)
+from .stats import top_axes
 from .glp import make_glp, flow_loss, save_glp, load_glp
 from .artefacts import glp_dir, list_ckpts, ckpt_name
 from .harvest import from_bits
@@ -17,7 +18,7 @@ from .harvest import from_bits
 # %% auto #0
 __all__ = ['lr_factor', 'make_scheduler', 'ckpt_steps', 'store_batches', 'batch_stream', 'Prefetch', 'step_seed', 'batch_loss',
            'HeldOut', 'RunMismatch', 'check_finite', 'save_ckpt', 'load_state', 'newest_ckpt', 'train_glp',
-           'launch_cmd', 'RowDataset', 'loader_bench', 'matmul_flops', 'nn_dist', 'pca2', 'train_summary',
+           'launch_cmd', 'RowDataset', 'loader_bench', 'matmul_flops', 'nn_dist', 'train_summary',
            'plot_training_curve', 'curve_data', 'projection_check', 'pca_views', 'plot_generated_pca', 'run_train']
 
 # %% ../nbs/05_train.ipynb #c009
@@ -375,11 +376,6 @@ def nn_dist(x, bank, chunk: int = 1024):
     "Euclidean distance from each row of `x` to its nearest row of `bank`."
     return torch.cat([torch.cdist(x[i:i + chunk], bank).min(1).values for i in range(0, len(x), chunk)])
 
-def pca2(x):
-    "(mean, axes [2, d]) of the top-2 principal components of rows `x`."
-    mu = x.mean(0)
-    return mu, torch.linalg.svd(x - mu, full_matrices=False).Vh[:2]
-
 # %% ../nbs/05_train.ipynb #c041a
 def train_summary(metrics: pd.DataFrame, loader: dict, device) -> dict:
     "Throughput, FLOP/s against this machine's measured matmul rate, loader share and held-out loss of a training run (`train_glp`'s metrics)."
@@ -431,7 +427,7 @@ def projection_check(glp, va, P, r: float = 1.0) -> dict:
     alpha = r * q.norm(dim=1).mean()
     g = torch.Generator().manual_seed(P.train.seed)
     u_rand = torch.randn(va.d, generator=g); u_rand /= u_rand.norm()
-    pm, pax = pca2(q); hi = (q - pm) @ pax[0] > ((q - pm) @ pax[0]).median()
+    pm, pax = top_axes(q); hi = (q - pm) @ pax[0] > ((q - pm) @ pax[0]).median()
     u_half = q[hi].mean(0) - q[~hi].mean(0); u_half /= u_half.norm()
     J = P.project
     proj = lambda x: glp.project(x, t_start=J.t_start, steps=J.steps, grid=J.grid, generator=torch.Generator().manual_seed(P.train.seed))
@@ -449,7 +445,7 @@ def pca_views(glp, va, P) -> dict:
     nz = lambda x: glp.normalizer.norm(x.to(glp.device)).cpu()
     real = va.sample(min(P.sample.n_gen, va.n), seed=P.train.seed + 2)
     real_n = nz(real)
-    mu, ax2 = pca2(real_n)
+    mu, ax2 = top_axes(real_n)
     pc = lambda x: ((x - mu) @ ax2.T).numpy()
     R, gens, panels = pc(real_n), [], []
     for s in P.sample.pca_steps:
