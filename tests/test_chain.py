@@ -11,7 +11,7 @@ def smoke_run(tmp_path_factory):
     env = {**os.environ, "GLP_NB_OUT": str(out)}
     t0 = time.time()
     r = subprocess.run(["glp-reproduce", "--profile", "smoke"], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=900)
+                       capture_output=True, text=True, timeout=1800)   # a hang guard: ~5 min alone, up to ~20 on 2 contended cores
     return out, r, time.time() - t0
 
 def test_smoke_chain_runs(smoke_run):
