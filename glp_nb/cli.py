@@ -430,8 +430,8 @@ def finish(profile: str, times: dict, full: bool = True) -> dict:
         out["timings"] = fig_dir(profile) / "chain_timings.json"
         save_json(dict(meta=meta, seconds=times, total=round(sum(times.values()), 1)), out["timings"])
     root = repo_root()
-    if full and profile == "cpu" and root and not os.environ.get("GLP_NB_OUT"):
-        update_readme(root / "README.md", root / "figures", timings=out["timings"])
+    if profile == "cpu" and root and not os.environ.get("GLP_NB_OUT"):   # a partial chain refreshes the results, not the runtime table
+        update_readme(root / "README.md", root / "figures", timings=out.get("timings"))
         out["readme"] = root / "README.md"
     from glp_nb.report import report, screenshot, check_report
     out["report"] = report(profile)
@@ -465,6 +465,6 @@ def main(argv=None):
         print(str(e), flush=True); sys.exit(1)
     except (KeyError, ValueError, FileNotFoundError) as e:   # bad arguments, before any stage ran
         print(f"[glp-reproduce] {e}", flush=True); sys.exit(2)
-    finish(a.profile, times, full=not a.sets)   # a resumed chain (--from, --only) keeps the other stages' times
+    finish(a.profile, times, full=not (a.sets or a.only or a.start))   # only a whole chain at the profile's settings is timed
     print(f"[glp-reproduce] {a.profile} chain finished in {_hms(time.time() - t0)}: " + json.dumps(times), flush=True)
 
