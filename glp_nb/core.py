@@ -12,11 +12,12 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['PROBE_CPU_TASKS', 'PROFILES', 'LIMITS', 'ModelCfg', 'CorpusCfg', 'HarvestCfg', 'GLPCfg', 'TrainCfg', 'SampleCfg',
-           'ProjectCfg', 'SAECfg', 'ScalingCfg', 'EvalCfg', 'SteerCfg', 'ProbeCfg', 'NeuronsCfg', 'Profile',
-           'get_profile', 'check_profile', 'temp_env', 'torch_threads', 'isolated', 'repo_root', 'data_dir', 'out_dir',
-           'fig_dir', 'run_dir', 'seed_everything', 'get_device', 'default_threads', 'setup_torch', 'atomic_path',
-           'disk_error', 'disk_full', 'save_json', 'load_json', 'writer_lock', 'clean_tmp', 'settings_match', 'git_rev',
-           'provenance', 'save_data', 'save_figure', 'lookup', 'fill', 'measured', 'pbar', 'timer']
+           'ProjectCfg', 'SAECfg', 'ScalingCfg', 'EvalCfg', 'SteerCfg', 'ProbeCfg', 'NeuronsCfg', 'DiagCfg', 'SynthCfg',
+           'DownstreamCfg', 'RecipeCfg', 'Profile', 'get_profile', 'check_profile', 'temp_env', 'torch_threads',
+           'isolated', 'repo_root', 'data_dir', 'out_dir', 'fig_dir', 'run_dir', 'seed_everything', 'get_device',
+           'default_threads', 'setup_torch', 'atomic_path', 'disk_error', 'disk_full', 'save_json', 'load_json',
+           'writer_lock', 'clean_tmp', 'settings_match', 'git_rev', 'provenance', 'save_data', 'save_figure', 'lookup',
+           'fill', 'measured', 'pbar', 'timer']
 
 # %% ../nbs/00_core.ipynb #c006
 @dataclass
@@ -76,6 +77,8 @@ class TrainCfg:
     eval_acts: int = 8192          # held-out activations used per evaluation
     eval_ts: tuple = (0.1, 0.3, 0.5, 0.7, 0.9)  # fixed t grid of the held-out loss
     seed: int = 42
+    ema: float = 0.0               # decay of an exponential moving average of the weights (0 = off; 15_recipe measures it)
+    t_dist: str = "uniform"        # training-time t: 'uniform' (the paper) or 'logit_normal' (15_recipe measures it)
 
 @dataclass
 class SampleCfg:
@@ -114,6 +117,7 @@ class ScalingCfg:
     batch_size: int = 1024
     n_ckpts: int = 6
     lr: Optional[float] = None     # None = P.train.lr; short ladders need a larger lr than the paper's 1B-activation runs
+    lrs: Optional[tuple] = None    # one lr per rung (overrides `lr`; 15_recipe's per-size sweep says which)
     n_boot: int = 1000             # bootstrap resamples of the fit's points
 
 @dataclass
@@ -175,6 +179,52 @@ class NeuronsCfg:
     bold: int = 3                      # tokens bolded per document
 
 @dataclass
+class DiagCfg:
+    "12_projection: what the projection does to steered activations, and the prior's strength (t_start) against fidelity."
+    n_acts: int = 1024                 # held-out activations measured per setting
+    rs: tuple = (0.5, 1.0, 2.0)        # steering sizes, alpha = r x mean activation norm (as in 09)
+    t_starts: tuple = (0.1, 0.2, 0.3, 0.5)
+    steps: tuple = (4, 20)
+    sweep_ts: tuple = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)   # t_start sweep for Delta LM and steering
+    sweep_docs: int = 32               # held-out documents for the sweep's Delta LM
+    sweep_prefixes: int = 32           # prefixes for the sweep's steering at matched fluency
+    sweep_rs: tuple = (0.6, 1.0, 1.4, 2.0)
+    stepwise_prefixes: int = 32        # prefixes whose steered generation is scored token by token
+    seed: int = 0
+
+@dataclass
+class SynthCfg:
+    "13_synthetic: a data set whose density and velocity field are known exactly (a Gaussian mixture on a subspace plus noise)."
+    d: Optional[int] = None            # ambient width (None = the subject model's width)
+    rank: int = 16                     # dimension of the subspace holding the mixture
+    k: int = 8                         # mixture components
+    noise: float = 0.05                # isotropic noise std off the subspace (relative to on-subspace scale 1)
+    n_train: int = 200_000             # training rows (drawn afresh from the known density)
+    budgets: tuple = (50_000, 200_000, 800_000)   # training activations of the GLPs compared (compute levels)
+    n_eval: int = 2048                 # rows for samples and projections
+    exact_steps: int = 1000            # Euler steps of the exact-velocity reference ODE
+    seed: int = 0
+
+@dataclass
+class DownstreamCfg:
+    "14_downstream: downstream metrics of every GLP checkpoint, fitted against compute and against loss."
+    ts: tuple = (0.1, 0.5)             # meta-neuron timesteps of the probing AUC
+    dlm_docs: int = 16                 # held-out documents for each checkpoint's Delta LM
+    n_boot: int = 1000
+    seed: int = 0
+
+@dataclass
+class RecipeCfg:
+    "15_recipe: training changes compared at equal compute in one run."
+    rung: int = 2                      # which ScalingCfg.widths rung the single-size comparisons use
+    n_acts: int = 400_000              # training activations of each compared run
+    lrs: tuple = (1e-3, 3e-3, 1e-2)    # the per-size lr sweep
+    batch_sizes: tuple = (256, 1024, 4096)
+    emas: tuple = (0.999,)
+    t_dists: tuple = ("logit_normal",)
+    seed: int = 0
+
+@dataclass
 class Profile:
     "One config per stage, under a name."
     name: str = "cpu"
@@ -191,6 +241,10 @@ class Profile:
     steer: SteerCfg = field(default_factory=SteerCfg)
     probe: ProbeCfg = field(default_factory=ProbeCfg)
     neurons: NeuronsCfg = field(default_factory=NeuronsCfg)
+    diag: DiagCfg = field(default_factory=DiagCfg)
+    synth: SynthCfg = field(default_factory=SynthCfg)
+    downstream: DownstreamCfg = field(default_factory=DownstreamCfg)
+    recipe: RecipeCfg = field(default_factory=RecipeCfg)
     threads: Optional[int] = None  # torch CPU threads; None = all cores
 
 # %% ../nbs/00_core.ipynb #c008
@@ -217,6 +271,11 @@ PROFILES = {
         probe=dict(datasets=("92_glue_sst2", "113_movie_sent"), max_rows=160, max_len=64, top_k=32, n_boot=200, ts=(0.1, 0.5),
                    n_check=4),
         neurons=dict(docs=16, length=32, tasks=2),
+        diag=dict(n_acts=64, rs=(1.0,), t_starts=(0.1, 0.5), steps=(4,), sweep_ts=(0.1, 0.5), sweep_docs=4, sweep_prefixes=4,
+                  sweep_rs=(1.0,), stepwise_prefixes=4),
+        synth=dict(d=64, rank=4, k=3, n_train=20_000, budgets=(4_096, 16_384), n_eval=256, exact_steps=200),
+        downstream=dict(dlm_docs=4, n_boot=100),
+        recipe=dict(rung=0, n_acts=8_192, lrs=(1e-3, 1e-2), batch_sizes=(256, 1024)),
     ),
     "cpu": dict(
         harvest=dict(max_len=1024, train_acts=1_050_000, val_acts=60_000),
@@ -271,7 +330,7 @@ _RULES = {
                     shard_acts="positive", bench_tokens="positive", pca_rows="positive"),
     "corpus": dict(val_frac="open_frac", max_chars="positive", min_chars="nonneg", stats_docs="positive"),
     "glp": dict(d_model_mult="positive", d_mlp_mult="positive", depth="positive", d_model="positive", d_mlp="positive"),
-    "train": dict(lr="positive", batch_size="positive", n_acts="positive", warmup_frac="frac", warmup_start="frac", final_lr_frac="frac",
+    "train": dict(ema="frac", lr="positive", batch_size="positive", n_acts="positive", warmup_frac="frac", warmup_start="frac", final_lr_frac="frac",
                   weight_decay="nonneg", clip="positive", n_ckpts="positive", eval_every="positive", eval_acts="positive"),
     "sample": dict(steps="positive", n_gen="positive"),
     "project": dict(t_start="t", steps="positive"),
@@ -286,8 +345,13 @@ _RULES = {
     "probe": dict(max_rows="positive", max_len="positive", top_k="positive", t="t", n_boot="positive", batch_tokens="positive",
                   n_check="nonneg"),
     "neurons": dict(docs="positive", length="positive", tasks="positive", top="positive", bold="nonneg"),
+    "diag": dict(n_acts="positive", sweep_docs="positive", sweep_prefixes="positive", stepwise_prefixes="positive"),
+    "synth": dict(d="positive", rank="positive", k="positive", noise="positive", n_train="positive", n_eval="positive",
+                  exact_steps="positive"),
+    "downstream": dict(dlm_docs="positive", n_boot="positive"),
+    "recipe": dict(rung="nonneg", n_acts="positive"),
 }
-_CHOICES = {("project", "grid"): ("ours", "authors"), ("model", "dtype"): ("float32", "bfloat16", "float16")}
+_CHOICES = {("project", "grid"): ("ours", "authors"), ("train", "t_dist"): ("uniform", "logit_normal"), ("model", "dtype"): ("float32", "bfloat16", "float16")}
 
 def _typed(v, tp, name: str):
     "`v` checked against annotation `tp` (lists become tuples for tuple fields); a TypeError naming `name` otherwise."
