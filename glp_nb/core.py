@@ -185,11 +185,12 @@ class DiagCfg:
     rs: tuple = (0.5, 1.0, 2.0)        # steering sizes, alpha = r x mean activation norm (as in 09)
     t_starts: tuple = (0.1, 0.2, 0.3, 0.5)
     steps: tuple = (4, 20)
-    sweep_ts: tuple = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)   # t_start sweep for Delta LM and steering
-    sweep_docs: int = 32               # held-out documents for the sweep's Delta LM
-    sweep_prefixes: int = 32           # prefixes for the sweep's steering at matched fluency
-    sweep_rs: tuple = (0.6, 1.0, 1.4, 2.0)
-    stepwise_prefixes: int = 32        # prefixes whose steered generation is scored token by token
+    sweep_ts: tuple = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)   # t_start sweep for Delta LM
+    sweep_docs: int = 16               # held-out documents for the sweep's Delta LM
+    steer_ts: tuple = (0.1, 0.3, 0.5, 0.9)   # t_start sweep for steering at matched fluency (generation is the costly part)
+    sweep_prefixes: int = 24           # prefixes for the sweep's steering
+    sweep_rs: tuple = (0.6, 1.4, 2.0)
+    stepwise_prefixes: int = 24        # prefixes whose steered generation is scored token by token
     seed: int = 0
 
 @dataclass
@@ -271,7 +272,7 @@ PROFILES = {
         probe=dict(datasets=("92_glue_sst2", "113_movie_sent"), max_rows=160, max_len=64, top_k=32, n_boot=200, ts=(0.1, 0.5),
                    n_check=4),
         neurons=dict(docs=16, length=32, tasks=2),
-        diag=dict(n_acts=64, rs=(1.0,), t_starts=(0.1, 0.5), steps=(4,), sweep_ts=(0.1, 0.5), sweep_docs=4, sweep_prefixes=4,
+        diag=dict(n_acts=64, rs=(1.0,), t_starts=(0.1, 0.5), steps=(4,), sweep_ts=(0.1, 0.5), steer_ts=(0.5,), sweep_docs=4, sweep_prefixes=4,
                   sweep_rs=(1.0,), stepwise_prefixes=4),
         synth=dict(d=64, rank=4, k=3, n_train=20_000, budgets=(4_096, 16_384), n_eval=256, exact_steps=200),
         downstream=dict(dlm_docs=4, n_boot=100),
@@ -288,6 +289,7 @@ PROFILES = {
         probe=dict(datasets=PROBE_CPU_TASKS, max_rows=500, max_len=128, n_boot=10_000),
         steer=dict(rs=(0.2, 0.6, 1.0, 1.4, 1.8, 2.0), n_prefixes=100, n_features=50, feature_prompts=1, diffmean_n=1000, heldout_n=500,
                    context_docs=40, scaling_prefixes=12, scaling_ckpts=2),  # 09: 20-minute share, see 09_steering's sizing note
+        diag=dict(n_acts=256),                   # 12: the retention grid projects 256 activations 85 times (x2 grids)
     ),
     "gpu": dict(
         harvest=dict(max_len=2048, train_acts=50_000_000, val_acts=200_000, batch_tokens=65536, block_docs=512, shard_acts=1_000_000),

@@ -28,10 +28,10 @@ def layout(llm: LLM, prefixes: Sequence[Sequence[int]], conts: Sequence[Sequence
     return ids, mask, positions(mask), p_ids.shape[1]
 
 @torch.inference_mode()
-def cont_nll(llm: LLM, prefixes, conts, batch_size: int = 32, bar=None, max_positions: int = 512) -> np.ndarray:
-    "Mean NLL (nats/token) of each continuation given its prefix under the unedited LM."
-    out = np.zeros(len(conts))
+def cont_nll(llm: LLM, prefixes, conts, batch_size: int = 32, bar=None, max_positions: int = 512, per_token: bool = False) -> np.ndarray:
+    "Mean NLL (nats/token) of each continuation given its prefix under the unedited LM; with `per_token`, [n, longest] NLLs (NaN past each end)."
     L_max = max(len(c) for c in conts) if len(conts) else 1
+    out = np.full((len(conts), L_max), np.nan) if per_token else np.zeros(len(conts))
     batch_size = max(1, min(batch_size, max_positions // L_max))  # logits are [b, L, vocab]: 262k words for Gemma
     for b0 in range(0, len(conts), batch_size):
         P_, C_ = prefixes[b0:b0 + batch_size], conts[b0:b0 + batch_size]
@@ -42,7 +42,8 @@ def cont_nll(llm: LLM, prefixes, conts, batch_size: int = 32, bar=None, max_posi
         lp = logits.gather(-1, ids[:, s:, None])[..., 0] - torch.logsumexp(logits, -1)
         del logits
         m = mask[:, s:].float()
-        out[b0:b0 + len(C_)] = ((-lp * m).sum(1) / m.sum(1)).cpu().numpy()
+        if per_token: out[b0:b0 + len(C_), :L] = torch.where(m > 0, -lp, torch.nan).cpu().numpy()
+        else: out[b0:b0 + len(C_)] = ((-lp * m).sum(1) / m.sum(1)).cpu().numpy()
         if bar is not None: bar.update(int(m.sum()))
     return out
 
