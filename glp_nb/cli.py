@@ -391,7 +391,9 @@ STAGE_WORK = {   # what each stage of the chain does, for the README's runtime t
     "04_glp": "GLP denoiser", "05_train": "main GLP training, held-out loss, sampling figures", "06_sae": "TopK SAE baseline",
     "07_scaling": "GLP size ladder and the power-law fit", "08_generation": "Fréchet distance, sampling-steps ablation, ΔLM",
     "09_steering": "sentiment and SAE-feature steering, baseline vs +GLP", "10_probing": "1-D probing: meta-neurons vs SAE, raw, MLP",
-    "11_meta_neurons": "top texts of meta-neurons"}
+    "11_meta_neurons": "top texts of meta-neurons",
+    "12_projection": "what the projection does to steered activations; t_start sweep", "13_synthetic": "known-density check of training, sampler and projection",
+    "14_downstream": "downstream metrics of every checkpoint against compute and loss", "15_recipe": "training changes at equal compute"}
 
 def render_timings(timings: Path) -> str:
     "The README's runtime table from a chain's `chain_timings.json`: minutes and share of every stage, and the total."

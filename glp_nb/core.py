@@ -203,7 +203,15 @@ class SynthCfg:
     n_train: int = 200_000             # training rows (drawn afresh from the known density)
     budgets: tuple = (50_000, 200_000, 800_000)   # training activations of the GLPs compared (compute levels)
     n_eval: int = 2048                 # rows for samples and projections
-    exact_steps: int = 1000            # Euler steps of the exact-velocity reference ODE
+    exact_steps: int = 1000            # Euler steps per unit of time of the exact-velocity reference ODE (a projection from t uses t x this)
+    d_mlp: int = 256                   # the synthetic GLPs: d_model = d (a narrower d_model cannot represent a full-rank velocity), this d_mlp
+    depth: int = 1
+    batch_size: int = 256
+    lr: Optional[float] = None         # None = P.scaling.lr, else P.train.lr
+    rs: tuple = (0.25, 0.5, 1.0, 2.0)  # push sizes of the retention check (x the mean norm)
+    t_starts: tuple = (0.1, 0.3, 0.5)  # start noise levels of the retention check
+    n_ret: int = 256                   # rows of the retention check
+    n_boot: int = 1000
     seed: int = 0
 
 @dataclass
@@ -274,7 +282,7 @@ PROFILES = {
         neurons=dict(docs=16, length=32, tasks=2),
         diag=dict(n_acts=64, rs=(1.0,), t_starts=(0.1, 0.5), steps=(4,), sweep_ts=(0.1, 0.5), steer_ts=(0.5,), sweep_docs=4, sweep_prefixes=4,
                   sweep_rs=(1.0,), stepwise_prefixes=4),
-        synth=dict(d=64, rank=4, k=3, n_train=20_000, budgets=(4_096, 16_384), n_eval=256, exact_steps=200),
+        synth=dict(d=64, rank=4, k=3, n_train=20_000, budgets=(4_096, 16_384), n_eval=256, exact_steps=200, n_boot=200),
         downstream=dict(dlm_docs=4, n_boot=100),
         recipe=dict(rung=0, n_acts=8_192, lrs=(1e-3, 1e-2), batch_sizes=(256, 1024)),
     ),
@@ -349,7 +357,8 @@ _RULES = {
     "neurons": dict(docs="positive", length="positive", tasks="positive", top="positive", bold="nonneg"),
     "diag": dict(n_acts="positive", sweep_docs="positive", sweep_prefixes="positive", stepwise_prefixes="positive"),
     "synth": dict(d="positive", rank="positive", k="positive", noise="positive", n_train="positive", n_eval="positive",
-                  exact_steps="positive"),
+                  exact_steps="positive", d_mlp="positive", depth="positive", batch_size="positive", lr="positive",
+                  n_ret="positive", n_boot="positive"),
     "downstream": dict(dlm_docs="positive", n_boot="positive"),
     "recipe": dict(rung="nonneg", n_acts="positive"),
 }
