@@ -297,7 +297,7 @@ PROFILES = {
         probe=dict(datasets=PROBE_CPU_TASKS, max_rows=500, max_len=128, n_boot=10_000),
         steer=dict(rs=(0.2, 0.6, 1.0, 1.4, 1.8, 2.0), n_prefixes=100, n_features=50, feature_prompts=1, diffmean_n=1000, heldout_n=500,
                    context_docs=40, scaling_prefixes=12, scaling_ckpts=2),  # 09: 20-minute share, see 09_steering's sizing note
-        diag=dict(n_acts=256),                   # 12: the retention grid projects 256 activations 85 times (x2 grids)
+        diag=dict(n_acts=256, stepwise_prefixes=16, steer_ts=(0.1, 0.5), sweep_rs=(1.0, 2.0), sweep_prefixes=16),  # 12: ~20 minutes
     ),
     "gpu": dict(
         harvest=dict(max_len=2048, train_acts=50_000_000, val_acts=200_000, batch_tokens=65536, block_docs=512, shard_acts=1_000_000),
