@@ -231,6 +231,10 @@ class RecipeCfg:
     batch_sizes: tuple = (256, 1024, 4096)
     emas: tuple = (0.999,)
     t_dists: tuple = ("logit_normal",)
+    n_boot: int = 1000                 # bootstrap resamples of the held-out rows
+    compile: bool = True               # time torch.compile among the speedups (its first compile costs about a minute)
+    speed_rounds: int = 12             # interleaved timing rounds of the throughput comparison
+    speed_steps: int = 2               # training steps per variant and round
     seed: int = 0
 
 @dataclass
@@ -284,7 +288,7 @@ PROFILES = {
                   sweep_rs=(1.0,), stepwise_prefixes=4),
         synth=dict(d=64, rank=4, k=3, n_train=20_000, budgets=(4_096, 16_384), n_eval=256, exact_steps=200, n_boot=200),
         downstream=dict(dlm_docs=4, n_boot=100),
-        recipe=dict(rung=0, n_acts=8_192, lrs=(1e-3, 1e-2), batch_sizes=(256, 1024)),
+        recipe=dict(rung=0, n_acts=4_096, lrs=(1e-3, 1e-2), batch_sizes=(256,), n_boot=200, compile=False),
     ),
     "cpu": dict(
         harvest=dict(max_len=1024, train_acts=1_050_000, val_acts=60_000),
@@ -297,6 +301,7 @@ PROFILES = {
         probe=dict(datasets=PROBE_CPU_TASKS, max_rows=500, max_len=128, n_boot=10_000),
         steer=dict(rs=(0.2, 0.6, 1.0, 1.4, 1.8, 2.0), n_prefixes=100, n_features=50, feature_prompts=1, diffmean_n=1000, heldout_n=500,
                    context_docs=40, scaling_prefixes=12, scaling_ckpts=2),  # 09: 20-minute share, see 09_steering's sizing note
+        recipe=dict(n_acts=300_000, lrs=(3e-3, 1e-2, 3e-2)),   # 15: ~8 minutes; the best lr per rung, for ScalingCfg.lrs
         diag=dict(n_acts=256, stepwise_prefixes=16, steer_ts=(0.1, 0.5), sweep_rs=(1.0, 2.0), sweep_prefixes=16),  # 12: ~20 minutes
     ),
     "gpu": dict(
@@ -360,7 +365,7 @@ _RULES = {
                   exact_steps="positive", d_mlp="positive", depth="positive", batch_size="positive", lr="positive",
                   n_ret="positive", n_boot="positive"),
     "downstream": dict(dlm_docs="positive", n_boot="positive"),
-    "recipe": dict(rung="nonneg", n_acts="positive"),
+    "recipe": dict(rung="nonneg", n_acts="positive", n_boot="positive", speed_rounds="positive", speed_steps="positive"),
 }
 _CHOICES = {("project", "grid"): ("ours", "authors"), ("train", "t_dist"): ("uniform", "logit_normal"), ("model", "dtype"): ("float32", "bfloat16", "float16")}
 

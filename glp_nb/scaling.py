@@ -10,23 +10,35 @@ from typing import Optional, Sequence
 import numpy as np, pandas as pd, torch
 from .core import Profile, load_json, save_figure, timer
 from .glp import make_glp
-from .train import train_glp, ckpt_steps, RunMismatch
+from .train import train_glp, ckpt_steps, RunMismatch, KEY_DEFAULTS, key_diff
 from .stats import boot_idx
 from .artefacts import rung_dir, open_stores, reuse, record
 
 # %% auto #0
-__all__ = ['PAPER_FIT', 'rung_profile', 'ladder_params', 'ladder_span', 'check_ladder', 'flops', 'power_law', 'r2',
+__all__ = ['PAPER_FIT', 'rung_lr', 'rung_profile', 'ladder_params', 'ladder_span', 'check_ladder', 'flops', 'power_law', 'r2',
            'fit_power_law', 'rung_spec', 'rung_points', 'run_ladder', 'frontier', 'plot_scaling', 'scaling_report',
            'fit_summary', 'paper_comparison', 'fit_ladder', 'run_scaling', 'scaling_summary', 'residuals']
 
 # %% ../nbs/07_scaling.ipynb #c006
+def rung_lr(P: Profile, i: int) -> float:
+    "Learning rate of rung `i`: `P.scaling.lrs[i]` when the profile gives one per rung, else `P.scaling.lr`, else `P.train.lr`."
+    s = P.scaling
+    if s.lrs is None: return s.lr or P.train.lr
+    if len(s.lrs) != len(s.widths):
+        raise ValueError(f"P.scaling.lrs has {len(s.lrs)} learning rates but P.scaling.widths has {len(s.widths)} rungs: "
+                         f"give one lr per rung, or lrs=None for one lr on every rung")
+    lr = s.lrs[i]
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        raise ValueError(f"P.scaling.lrs[{i}] must be a number > 0, got {lr!r}")
+    return lr
+
 def rung_profile(P: Profile, i: int) -> Profile:
     "The profile that trains rung `i` of `P.scaling.widths`."
     s = P.scaling
     if not 0 <= i < len(s.widths): raise IndexError(f"rung {i} out of range: P.scaling.widths has {len(s.widths)} rungs")
     dm, dl, depth = s.widths[i]
     glp = replace(P.glp, d_model=int(dm), d_mlp=int(dl), depth=int(depth))
-    train = replace(P.train, n_acts=s.n_acts, batch_size=s.batch_size, n_ckpts=s.n_ckpts, lr=s.lr or P.train.lr,
+    train = replace(P.train, n_acts=s.n_acts, batch_size=s.batch_size, n_ckpts=s.n_ckpts, lr=rung_lr(P, i),
                     eval_every=10 ** 9)   # evaluate at checkpoints only
     return replace(P, glp=glp, train=train)
 
@@ -138,9 +150,10 @@ def fit_power_law(C, L, n_boot: int = 1000, seed: int = 0, min_points: int = 4) 
 def rung_spec(P: Profile, i: int, d: int) -> dict:
     "What defines rung `i`'s training (a finished rung is reused only when this matches)."
     R = rung_profile(P, i)
-    return dict(d=int(d), widths=list(P.scaling.widths[i]), n_acts=R.train.n_acts, batch_size=R.train.batch_size,
+    spec = dict(d=int(d), widths=list(P.scaling.widths[i]), n_acts=R.train.n_acts, batch_size=R.train.batch_size,
                 n_ckpts=R.train.n_ckpts, lr=R.train.lr, seed=R.train.seed, eval_acts=R.train.eval_acts,
                 eval_ts=list(R.train.eval_ts))
+    return {**spec, **{k: getattr(R.train, k) for k, v in KEY_DEFAULTS.items() if getattr(R.train, k) != v}}  # EMA, t_dist: only when on
 
 def rung_points(P: Profile, i: int, n_params: int, metrics=None) -> pd.DataFrame:
     "Held-out loss of rung `i` at each of its checkpoints: rung, d_model, d_mlp, depth, params, step, acts, flops, val_loss, act_s."
@@ -173,6 +186,8 @@ def run_ladder(P: Profile, train_store, val_store, log=print, progress: bool = T
         folder, spec = rung_dir(P, i), rung_spec(P, i, d)
         done = folder / "rung.json"
         old = reuse(folder, spec, record="rung.json", key="spec", log=lambda s: log(f"rung {i}: {s}"))
+        if old is not None and (bad := key_diff(old["spec"], spec)):       # an option on in the record, off in the profile
+            log(f"rung {i}: {folder} was made with other settings ({'; '.join(bad)}): redoing it"); old = None
         if old is None and done.exists():
             log(f"rung {i}: removing {folder} and retraining")
             shutil.rmtree(folder)
@@ -284,7 +299,8 @@ def run_scaling(P: Profile, stores=None, log=print, progress: bool = True) -> di
     ns = check_ladder(P, train.d) if P.name != "smoke" else ladder_params(P, train.d)  # smoke: a code-path check only
     log(f"profile {P.name}: {len(ns)} rungs, params {[f'{n:,}' for n in ns]}, span {ladder_span(ns):.2f} decades; "
         f"{P.scaling.n_acts:,} activations per rung, batch {P.scaling.batch_size}, {P.scaling.n_ckpts} log-spaced checkpoints, "
-        f"lr {rung_profile(P, 0).train.lr:g}; train store {train.n:,} rows (d={train.d})")
+        f"lr {', '.join(f'{rung_lr(P, i):g}' for i in range(len(ns))) if P.scaling.lrs else f'{rung_lr(P, 0):g}'}; "
+        f"train store {train.n:,} rows (d={train.d})")
     with timer() as T: df = run_ladder(P, train, val, log=log, progress=progress)
     rungs = [load_json(rung_dir(P, r) / "rung.json") for r in sorted(df.rung.unique())]
     for (r, g), spec in zip(df.groupby("rung"), rungs):
@@ -294,7 +310,8 @@ def run_scaling(P: Profile, stores=None, log=print, progress: bool = True) -> di
     res = dict(df=df, **fit_ladder(df, n_boot=P.scaling.n_boot, seed=P.train.seed), params=ns, rungs=rungs)
     fig = plot_scaling(res)
     png = save_figure(fig, "scaling_law", scaling_report(df, res["fit"], res["fit_all"], res["front"]), P, n_rungs=len(ns),
-                      n_acts=P.scaling.n_acts, batch_size=P.scaling.batch_size, lr=rung_profile(P, 0).train.lr)
+                      n_acts=P.scaling.n_acts, batch_size=P.scaling.batch_size, lr=rung_lr(P, 0),
+                      **({"lrs": [rung_lr(P, i) for i in range(len(ns))]} if P.scaling.lrs else {}))
     plt.close(fig)
     log(f"saved {png} and {png.with_suffix('.json')}")
     return {**res, "png": str(png)}

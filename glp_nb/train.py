@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_train.ipynb #c003
 from __future__ import annotations
-import math, os, time, queue, shutil, threading, contextlib, functools
+import math, os, time, queue, shutil, threading, contextlib, functools, copy
 from pathlib import Path
 from typing import Optional
 import numpy as np, pandas as pd, torch
@@ -16,8 +16,9 @@ from .artefacts import glp_dir, list_ckpts, ckpt_name
 from .harvest import from_bits
 
 # %% auto #0
-__all__ = ['lr_factor', 'make_scheduler', 'ckpt_steps', 'store_batches', 'batch_stream', 'Prefetch', 'step_seed', 'batch_loss',
-           'HeldOut', 'RunMismatch', 'check_finite', 'save_ckpt', 'load_state', 'newest_ckpt', 'train_glp',
+__all__ = ['T_DISTS', 'KEY_DEFAULTS', 'lr_factor', 'make_optimizer', 'make_scheduler', 'ckpt_steps', 'store_batches',
+           'batch_stream', 'Prefetch', 'step_seed', 'sample_t', 'batch_loss', 'HeldOut', 'key_diff', 'RunMismatch',
+           'check_finite', 'save_ckpt', 'load_state', 'newest_ckpt', 'ema_decay', 'ema_update', 'train_glp',
            'launch_cmd', 'RowDataset', 'loader_bench', 'matmul_flops', 'nn_dist', 'train_summary',
            'plot_training_curve', 'curve_data', 'projection_check', 'pca_views', 'plot_generated_pca', 'run_train']
 
@@ -28,6 +29,10 @@ def lr_factor(step: int, total: int, warmup_frac=0.01, warmup_start=0.01, final_
     if step < w: return warmup_start + (1 - warmup_start) * step / w
     p = min(1.0, (step - w) / max(1, total - 1 - w))
     return final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * p))
+
+def make_optimizer(params, cfg: TrainCfg, **kw):
+    "AdamW(betas 0.9/0.999, lr and weight decay of `cfg`) on the foreach kernels; `kw` overrides (e.g. foreach=False, fused=True)."
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay, **{"foreach": True, **kw})
 
 def make_scheduler(opt, total: int, cfg: TrainCfg):
     "LambdaLR implementing `lr_factor` with the warmup/decay fields of `cfg`."
@@ -110,16 +115,25 @@ def step_seed(seed: int, step: int) -> int:
     "Seed of global step `step`'s (t, noise) draw."
     return (seed * 1_000_003 + step * 7_919 + 1) % (2 ** 63)
 
-def batch_loss(model, normalizer, x_raw, step: int, seed: int, rank: int = 0, world: int = 1):
-    "Flow-matching loss at global step `step` of `x_raw`, this process's slice (rank of world) of the global batch (raw activations)."
+T_DISTS = ("uniform", "logit_normal")
+
+def sample_t(n: int, generator, device=None, t_dist: str = "uniform"):
+    "`n` training noise levels from `generator`: U[0, 1) ('uniform') or sigmoid(N(0, 1)) ('logit_normal', SD3)."
+    if t_dist == "uniform": return torch.rand(n, generator=generator, device=device)
+    if t_dist == "logit_normal": return torch.sigmoid(torch.randn(n, generator=generator, device=device))
+    raise ValueError(f"t_dist must be one of {T_DISTS}, not {t_dist!r}")
+
+def batch_loss(model, normalizer, x_raw, step: int, seed: int, rank: int = 0, world: int = 1, t_dist: str = "uniform"):
+    "Flow-matching loss at global step `step` of `x_raw`, this process's slice (rank of world) of the global batch (raw activations); t drawn by `sample_t`."
     b, d = x_raw.shape
     dev = normalizer.mean.device
     g = torch.Generator(device=dev).manual_seed(step_seed(seed, step))
-    t = torch.rand(b * world, generator=g, device=dev)             # the whole global batch's draws, then our slice
+    t = sample_t(b * world, g, dev, t_dist)                        # the whole global batch's draws, then our slice
     noise = torch.randn(b * world, d, generator=g, device=dev)
     sl = slice(rank * b, (rank + 1) * b)
     x0 = normalizer.norm(x_raw.to(dev, non_blocking=True))
     return flow_loss(model, x0, t=t[sl], noise=noise[sl])
+
 
 # %% ../nbs/05_train.ipynb #c024
 class HeldOut:
@@ -150,19 +164,38 @@ class HeldOut:
         out["val_loss"] = float(np.mean(list(out.values())))
         return out
 
+    @torch.no_grad()
+    def rows(self, denoiser, batch: int = 4096) -> torch.Tensor:
+        "Held-out loss of every row [n] (float64): its flow-matching MSE averaged over the t grid; their mean is `loss()['val_loss']`."
+        dev = next(denoiser.parameters()).device
+        out = torch.zeros(len(self.x0), dtype=torch.float64)
+        for i, t in enumerate(self.ts.tolist()):
+            for a in range(0, len(self.x0), batch):
+                x0, nz = self.x0[a:a + batch].to(dev), self.noise[i, a:a + batch].to(dev)
+                tt = torch.full((len(x0),), t, device=dev)
+                out[a:a + len(x0)] += flow_loss(denoiser, x0, t=tt, noise=nz, reduce=False).double().cpu()
+        return out / len(self.ts)
+
     def const_loss(self) -> float:
         "Held-out loss of the best constant prediction (the mean velocity target): the target's variance."
         tgt = self.noise - self.x0[None]
         return ((tgt - tgt.mean((0, 1))) ** 2).mean().item()
 
 # %% ../nbs/05_train.ipynb #c027
+KEY_DEFAULTS = {k: getattr(TrainCfg(), k) for k in ("ema", "t_dist")}   # run-key entries written only when they differ from these
+
 def _run_key(cfg: TrainCfg, B: int, total: int, glp, store, val=None) -> dict:
     "What must match for a checkpoint to be resumed by this run: schedule, optimizer, GLP shape, training store size and the stores' identity."
     den = glp.denoiser
-    return dict(batch_size=B, total_steps=total, seed=cfg.seed, lr=cfg.lr, warmup_frac=cfg.warmup_frac,
-                warmup_start=cfg.warmup_start, final_lr_frac=cfg.final_lr_frac, weight_decay=cfg.weight_decay, clip=cfg.clip,
-                glp=[int(getattr(den, k, 0)) for k in ("d_input", "d_model", "d_mlp", "depth")], store=[int(store.n), int(store.d)],
-                data=dict(train=getattr(store, "fingerprint", None), val=getattr(val, "fingerprint", None)))
+    key = dict(batch_size=B, total_steps=total, seed=cfg.seed, lr=cfg.lr, warmup_frac=cfg.warmup_frac,
+               warmup_start=cfg.warmup_start, final_lr_frac=cfg.final_lr_frac, weight_decay=cfg.weight_decay, clip=cfg.clip,
+               glp=[int(getattr(den, k, 0)) for k in ("d_input", "d_model", "d_mlp", "depth")], store=[int(store.n), int(store.d)],
+               data=dict(train=getattr(store, "fingerprint", None), val=getattr(val, "fingerprint", None)))
+    return {**key, **{k: getattr(cfg, k) for k, v in KEY_DEFAULTS.items() if getattr(cfg, k) != v}}
+
+def key_diff(stored: dict, wanted: dict) -> list[str]:
+    "`settings_match` of two run keys, an entry of `KEY_DEFAULTS` that one of them lacks read as its default (differences count both ways)."
+    return settings_match({**KEY_DEFAULTS, **(stored or {})}, {**KEY_DEFAULTS, **wanted})
 
 class RunMismatch(ValueError):
     "A run folder holds checkpoints of a run with other settings (the message names the differing keys)."
@@ -201,6 +234,17 @@ def newest_ckpt(out, log=print, main: bool = True):
                 f"resuming from the previous one (remove {aside} when you no longer need it)")
     return None
 
+# %% ../nbs/05_train.ipynb #c027n
+def ema_decay(step: int, decay: float) -> float:
+    "Decay of the weight EMA's update after optimizer step `step` (1-based): min(decay, (1 + step) / (10 + step)), diffusers' warm-up."
+    return min(decay, (1 + step) / (10 + step))
+
+@torch.no_grad()
+def ema_update(ema_params, params, decay: float):
+    "ema <- decay * ema + (1 - decay) * params, in place, for two matching lists of tensors."
+    torch._foreach_lerp_(list(ema_params), list(params), 1.0 - decay)
+
+
 # %% ../nbs/05_train.ipynb #c029
 def _accelerator():
     from accelerate import Accelerator
@@ -214,7 +258,8 @@ def train_glp(P: Profile, train_store, val_store, out, glp=None, n_acts: Optiona
               on_mismatch: str = "error", allow_incomplete: bool = False):
     """Train a GLP on `train_store` with `P.train`; checkpoints and metrics under `out`. Returns (glp, metrics DataFrame).
     Resumes from the last intact checkpoint in `out`; checkpoints of a run with other settings raise, or with `on_mismatch='restart'`
-    are deleted and training starts over. Stores are verified first (`verify_store`; `allow_incomplete` for an unfinished one)."""
+    are deleted and training starts over. Stores are verified first (`verify_store`; `allow_incomplete` for an unfinished one).
+    With `P.train.ema > 0` the returned GLP, the checkpoints and the held-out losses are the weights' EMA."""
     acc = accelerator or _accelerator()
     with writer_lock(out) if acc.is_main_process else contextlib.nullcontext():
         return _train_glp(P, train_store, val_store, Path(out), glp, n_acts, acc, resume, stop_step, prefetch, progress, log,
@@ -244,7 +289,7 @@ def _train_glp(P, train_store, val_store, out: Path, glp, n_acts, acc, resume, s
     if on_mismatch not in ("error", "restart"): raise ValueError(f"on_mismatch must be 'error' or 'restart', not {on_mismatch!r}")
     if main and (gone := clean_tmp(out)): log(f"{out}: removed temporaries of an interrupted write: {', '.join(gone)}")
     done = newest_ckpt(out, log, main) if resume else None
-    if done and (bad := settings_match(done[1]["key"], key)):
+    if done and (bad := key_diff(done[1]["key"], key)):
         if on_mismatch == "error":
             raise RunMismatch(f"checkpoints in {out} come from another run; differing:\n  " + "\n  ".join(bad)
                              + "\nUse another folder, or on_mismatch='restart' to delete that run and start over.")
@@ -253,12 +298,18 @@ def _train_glp(P, train_store, val_store, out: Path, glp, n_acts, acc, resume, s
             for p in [*out.glob("ckpt_*"), *out.glob(".ckpt_*.tmp")]: shutil.rmtree(p)
             for f in ("metrics.csv", "model.safetensors", "config.json"): (out / f).unlink(missing_ok=True)
         acc.wait_for_everyone(); done = None
+    ema = None                                          # the EMA GLP when cfg.ema > 0
     if done:
         _, state, old, rows = done
         glp.load_state_dict(old.state_dict())
+    if cfg.ema:
+        ema = copy.deepcopy(glp).requires_grad_(False)   # a checkpoint's model is the EMA; its raw weights are in state.pt
+        if done: glp.denoiser.load_state_dict(state["raw"])
+        ema.to(dev)
     glp.to(dev)
+    final = ema if ema is not None else glp             # the model that is evaluated, saved and returned
     model = acc.prepare_model(glp.denoiser)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+    opt = make_optimizer(model.parameters(), cfg)
     sched = make_scheduler(opt, total, cfg)
     step, epoch, index = 0, 0, 0
     if state:
@@ -273,10 +324,11 @@ def _train_glp(P, train_store, val_store, out: Path, glp, n_acts, acc, resume, s
         log(f"training {total * B:,} activations = {total:,} steps of {B} = {total * B / train_store.n:.2f} epoch(s) of the "
             f"{train_store.n:,}-row store; {n_params:,} params; {world} process(es) on {dev}; "
             f"constant-prediction held-out loss {const:.4f}"
+            + (f"; weight EMA {cfg.ema:g}" if cfg.ema else "") + (f"; t ~ {cfg.t_dist}" if cfg.t_dist != "uniform" else "")
             + ("; already finished" if step == total else f"; resuming at step {step:,}" if step else ""))
 
     def evaluate():
-        glp.denoiser.eval(); r = ho.loss(glp.denoiser); glp.denoiser.train(); return r
+        final.denoiser.eval(); r = ho.loss(final.denoiser); final.denoiser.train(); return r
 
     if step == 0 and main:
         rows = [dict(step=0, acts=0, epoch=0, lr=opt.param_groups[0]["lr"], train_loss=float("nan"), **evaluate(),
@@ -287,18 +339,20 @@ def _train_glp(P, train_store, val_store, out: Path, glp, n_acts, acc, resume, s
     bar = pbar(total=total * B, desc=f"train ep {epoch + 1}/{n_epochs}", unit="act", initial=step * B, disable=not (progress and main))
     stream = Prefetch(batch_stream(train_store, B, cfg.seed, epoch, index, rank, world), prefetch) if step < total else iter(())
     model.train(); cur_ep = epoch
+    ema_p, raw_p = (list(ema.denoiser.parameters()), list(glp.denoiser.parameters())) if ema is not None else ((), ())
     try:
         while step < total and (stop_step is None or step < stop_step):
             t0 = time.perf_counter()
             ep, idx, x = next(stream)
             t1 = time.perf_counter()
-            with amp: loss = batch_loss(model, glp.normalizer, x, step, cfg.seed, rank, world)   # x: our slice
+            with amp: loss = batch_loss(model, glp.normalizer, x, step, cfg.seed, rank, world, cfg.t_dist)   # x: our slice
             if dev.type == "cuda": nf = torch.where((nf == 0) & ~torch.isfinite(loss.detach()), step + 1, nf)
             elif not torch.isfinite(loss): _nonfinite(step + 1, total, out, cfg.lr)
             opt.zero_grad(set_to_none=True)
             acc.backward(loss)
             if cfg.clip: acc.clip_grad_norm_(model.parameters(), cfg.clip)
             opt.step(); sched.step()
+            if ema is not None: ema_update(ema_p, raw_p, ema_decay(step + 1, cfg.ema))
             lsum += loss.detach().float(); lcnt += 1; step += 1; epoch, index = ep, idx + 1
             t_data += t1 - t0; t_step += time.perf_counter() - t1
             bar.update(B)
@@ -315,20 +369,21 @@ def _train_glp(P, train_store, val_store, out: Path, glp, n_acts, acc, resume, s
                 _write_metrics(rows, out)
                 if step in ckpts:
                     st = dict(key=key, step=step, epoch=epoch, index=index, n_params=n_params)
-                    save_ckpt(out / ckpt_name(step * B), glp, opt, sched, st, rows)
+                    if ema is not None: st["raw"] = {k: v.detach().cpu().clone() for k, v in glp.denoiser.state_dict().items()}
+                    save_ckpt(out / ckpt_name(step * B), final, opt, sched, st, rows)
             acc.wait_for_everyone()
             lsum.zero_(); lcnt, t_data, t_step, t_wall = 0, 0.0, 0.0, time.perf_counter()
     finally:
         if isinstance(stream, Prefetch): stream.close()
         bar.close()
     if main and step == total:
-        check_finite(glp, f"the GLP in {out}")
-        with disk_full(out): save_glp(glp, out)
+        check_finite(final, f"the GLP in {out}")
+        with disk_full(out): save_glp(final, out)
         _write_metrics(rows, out)
     acc.wait_for_everyone()
     df = pd.DataFrame(rows)
     df.attrs.update(const_loss=const, n_params=n_params, batch_size=B, total_steps=total)
-    return glp, df
+    return final, df
 
 # %% ../nbs/05_train.ipynb #c035
 def launch_cmd(script, n_procs: int = 2, *args) -> list[str]:
