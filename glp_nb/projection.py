@@ -16,8 +16,9 @@ from . import artefacts
 
 # %% auto #0
 __all__ = ['GaussPrior', 'std_dir', 'split_edit', 'retention', 'velocity_bound', 'velocity_check', 'lexicon_valence',
-           'next_valence', 'one_step', 'ckpt_trend', 'PriorPost', 'stepwise', 'dlm_sweep', 'steer_sweep',
-           'run_projection', 'findings', 'diag_record', 'strength_record', 'plot_diagnostics', 'plot_strength']
+           'next_valence', 'one_step', 'kept_part', 'split_readout', 'ckpt_trend', 'PriorPost', 'stepwise', 'dlm_sweep',
+           'steer_sweep', 'run_projection', 'findings', 'diag_record', 'strength_record', 'plot_diagnostics',
+           'plot_strength']
 
 # %% ../nbs/12_projection.ipynb #p006
 class GaussPrior:
@@ -144,6 +145,25 @@ def one_step(llm, pids, val: torch.Tensor, glp, gauss: GaussPrior, J, w: torch.T
     return pd.DataFrame(rows)
 
 # %% ../nbs/12_projection.ipynb #p022
+def kept_part(gauss: GaussPrior, w: torch.Tensor, normalizer, t: float) -> torch.Tensor:
+    "A w in raw space: what the exact Gaussian prior's projection from `t` keeps of a raw edit `w` (the map is linear, so the noise cancels)."
+    sd = normalizer.var.float().add(normalizer.eps).sqrt()
+    s = (1 - t) * gauss.lam.sqrt() / gauss._s(t)
+    return ((((w.float() / sd).double() @ gauss.V) * s) @ gauss.V.T).float() * sd
+
+def split_readout(llm, pids, val: torch.Tensor, gauss: GaussPrior, w: torch.Tensor, normalizer, t: float, norm: float,
+                  rs: Sequence[float]) -> pd.DataFrame:
+    "`next_valence` of plain edits along w, along its kept part (scaled to the same component along w) and along its removed part w - A w."
+    from glp_nb.steer import SteerEdit
+    aw = kept_part(gauss, w, normalizer, t)
+    parts = {"w": w, "kept by the prior": aw / float(aw @ w), "removed by the prior": w - aw}
+    rows = []
+    for r in sorted({s * r for r in rs for s in (1, -1)}):
+        for name, d in parts.items():
+            rows.append(dict(part=name, r=r, **next_valence(llm, pids, val, SteerEdit((r * norm * d).expand(len(pids), -1).clone(), None))))
+    return pd.DataFrame(rows)
+
+# %% ../nbs/12_projection.ipynb #p025
 @torch.no_grad()
 def ckpt_trend(P: Profile, x: torch.Tensor, w: torch.Tensor, norm: float, keep: torch.Tensor, r: float = 1.0,
                seed: int = 0, log=print) -> pd.DataFrame:
@@ -166,7 +186,7 @@ def ckpt_trend(P: Profile, x: torch.Tensor, w: torch.Tensor, norm: float, keep: 
             rows.append(row); bar.update()
     return pd.DataFrame(rows)
 
-# %% ../nbs/12_projection.ipynb #p024
+# %% ../nbs/12_projection.ipynb #p027
 class PriorPost:
     "post(x) for `steer.generate`: a projection of the steered activation by `kind`, with fixed-seed noise re-drawn per batch (`reset`)."
     KINDS = ("glp", "gauss", "glp_keep_massive", "glp_then_edit")
@@ -211,7 +231,7 @@ def stepwise(llm, pids: Sequence[Sequence[int]], variants: dict, new_tokens: int
                          nll=np.nanmean(nll, 0).tolist(), text=[llm.tok.decode(c, skip_special_tokens=True) for c in conts[:3]])
     return out
 
-# %% ../nbs/12_projection.ipynb #p026
+# %% ../nbs/12_projection.ipynb #p029
 def dlm_sweep(llm, glp, sae, seqs, ts: Sequence[float], steps: int, grid: str, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     "ΔLM (mean, lo, hi) of the GLP projection from each t_start in `ts`, and of the SAE, on documents `seqs`."
     from glp_nb.generation import delta_lm, delta_table
@@ -248,7 +268,7 @@ def steer_sweep(llm, glp, pids, w: torch.Tensor, norm: float, ts: Sequence[float
             gains.append(dict(task=task, t_start=t, gain=mg["gain"], lo=mg["lo"], hi=mg["hi"], overlap=mg["overlap"]))
     return dict(rows=df, gains=pd.DataFrame(gains))
 
-# %% ../nbs/12_projection.ipynb #p028
+# %% ../nbs/12_projection.ipynb #p031
 def _noise_kinds(glp, gauss, big, J, edit, seed):
     "The post-processings compared token by token (see `PriorPost`)."
     mk = lambda kind, **kw: PriorPost(glp, kind, J.t_start, J.steps, J.grid, gauss=gauss, big=big, seed=seed, **kw)
@@ -287,7 +307,8 @@ def run_projection(P: Profile, log=print) -> dict:
     with timer() as t:
         val_ = lexicon_valence(llm.tok, llm.model.get_output_embeddings().weight.shape[0])
         res["readout"] = one_step(llm, encode(llm, prefixes[:D.sweep_prefixes]), val_, glp, gauss, J, w, norm, D.rs, D.seed)
-    log(f"one-step readout ({int((val_ != 0).sum()):,} lexicon tokens) in {t.s:.0f} s")
+        res["split"] = split_readout(llm, encode(llm, prefixes[:D.sweep_prefixes]), val_, gauss, w, N, J.t_start, norm, D.rs)
+    log(f"one-step readouts ({int((val_ != 0).sum()):,} lexicon tokens) in {t.s:.0f} s")
     r = max(D.rs)
     with pbar(desc="stepwise", unit="tok") as bar:
         res["stepwise"] = {}
@@ -309,7 +330,7 @@ def run_projection(P: Profile, log=print) -> dict:
     save_figure(plot_strength(res), "prior_strength", strength_record(res), P, layer=llm.layer)
     return res
 
-# %% ../nbs/12_projection.ipynb #p030
+# %% ../nbs/12_projection.ipynb #p033
 def findings(res: dict) -> dict:
     "Key numbers of `run_projection`'s results (see the prose above)."
     J, R = res["project"], res["retention"]
@@ -325,6 +346,8 @@ def findings(res: dict) -> dict:
                         along_std=float(a.along_std.mean()), off=float(a.off.mean()), clean_off=float(clean(prior).off.iloc[0]))
     ro = res["readout"]; rr = ro.r.abs().max()
     out["readout"] = {m: {f"{r:+g}": dict(g[g.r == r][["valence", "pos", "neg"]].iloc[0]) for r in (-rr, 0.0, rr)} for m, g in ro.groupby("method")}
+    sp = res["split"]
+    out["split"] = {p_: {f"{r:+g}": float(g[g.r == r].valence.iloc[0]) for r in (-rr, rr)} for p_, g in sp.groupby("part")}
     out["final_vader"] = {task: {k: v["vader"][-1] for k, v in sw.items()} for task, sw in res["stepwise"].items()}
     out["final_ci"] = {task: {k: [v["lo"][-1], v["hi"][-1]] for k, v in sw.items()} for task, sw in res["stepwise"].items()}
     d = res["dlm"][res["dlm"].t_start.notna()]
@@ -343,7 +366,7 @@ def diag_record(res: dict) -> dict:
     "The `projection_diagnostics` JSON: every table of the measurements, as records."
     keep = ("act_norm", "massive_dims", "std_scale", "cos_std", "project", "n_acts", "velocity", "stepwise", "stepwise_r", "findings", "seconds")
     return dict({k: res[k] for k in keep}, retention=res["retention"].to_dict("records"), trend=res["trend"].to_dict("records"),
-                readout=res["readout"].to_dict("records"))
+                readout=res["readout"].to_dict("records"), split=res["split"].to_dict("records"))
 
 def strength_record(res: dict) -> dict:
     "The `prior_strength` JSON: the ΔLM sweep and the steering sweep's matched gains (its per-continuation rows are left out)."
@@ -351,7 +374,7 @@ def strength_record(res: dict) -> dict:
                 best_dlm=res["findings"]["best_dlm"], sae_dlm=res["findings"]["sae_dlm"], best_steer_t=res["findings"]["best_steer_t"],
                 project=res["project"])
 
-# %% ../nbs/12_projection.ipynb #p032
+# %% ../nbs/12_projection.ipynb #p035
 def plot_diagnostics(res: dict):
     "Eight panels: along-w fraction vs t_start; off-w move vs r; the trend with compute; the one-step readout; velocity norms; token-by-token sentiment (both tasks); lexicon mass."
     import matplotlib.pyplot as plt
@@ -386,6 +409,8 @@ def plot_diagnostics(res: dict):
         l, = ax[0, 3].plot(g.r, g.valence, "o-", label=m)
         ax[1, 3].plot(g.r, g.neg, "o-", color=l.get_color(), label=f"{m}: negative words")
         ax[1, 3].plot(g.r, g.pos, "s--", color=l.get_color(), alpha=0.6, label=f"{m}: positive words")
+    for p_, g in res["split"][res["split"].part != "w"].groupby("part"):
+        ax[0, 3].plot(g.r, g.valence, "x:", label=f"plain, along the part of w {p_}")
     ax[0, 3].set_title("one edited position: next token's expected VADER valence"); ax[0, 3].set_xlabel("signed r"); ax[0, 3].legend(fontsize=8)
     ax[1, 3].set_title("one edited position: next-token mass on lexicon words"); ax[1, 3].set_xlabel("signed r"); ax[1, 3].legend(fontsize=6)
     for a, task in zip(ax[1, 1:3], ("negative", "positive")):
