@@ -334,7 +334,7 @@ def _evidence(pd_, pst, syn, dc, dls, rec) -> list[str]:
               f"{-lr_best['diff']:.3f} [{-lr_best['diff_hi']:.3f}, {-lr_best['diff_lo']:.3f}] at equal compute (15_recipe)")
     x = dc["crossing"]
     dlm = (f"**scale**: ΔLM falls with loss, {_fit(dls['fits.dlm'], 'L')}; it would reach the SAE's at L = {x['L_star']:.2f} "
-           f"[{x['L_ci'][0]:.2f}, {x['L_ci'][1]:.2f}] ({'supported' if x['supported'] else 'an extrapolation the fit cannot support'}); "
+           f"[{x['L_ci'][0]:.2f}, {x['L_ci'][1]:.2f}] ({'within what the fit supports' if x['loss_supported'] else 'an extrapolation the fit cannot support'}; in compute: {x['extrapolation']}); "
            f"a weaker prior helps: at t_start {pst['best_dlm.t_start']:g} ΔLM {pst['best_dlm.mean']:.2f} vs SAE {pst['sae_dlm.mean']:.2f} (12_projection)")
     rr = f"{f['r']:g}"
     steer = (f"**scale, not a code defect** (12_projection): the projection keeps {f['glp']['along_neg']:.2f} of a −{rr} edit along w, sign intact "
