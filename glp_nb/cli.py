@@ -334,14 +334,18 @@ def _evidence(pd_, pst, syn, dc, dls, rec) -> list[str]:
               f"{-lr_best['diff']:.3f} [{-lr_best['diff_hi']:.3f}, {-lr_best['diff_lo']:.3f}] at equal compute (15_recipe)")
     x = dc["crossing"]
     dlm = (f"**scale**: ΔLM falls with loss, {_fit(dls['fits.dlm'], 'L')}; it would reach the SAE's at L = {x['L_star']:.2f} "
-           f"[{x['L_ci'][0]:.2f}, {x['L_ci'][1]:.2f}] ({'within what the fit supports' if x['loss_supported'] else 'an extrapolation the fit cannot support'}; in compute: {x['extrapolation']}); "
+           f"[{x['L_ci'][0]:.2f}, {x['L_ci'][1]:.2f}] ({'inside what the fit supports' if x['loss_supported'] else 'an extrapolation the fit cannot support'}); "
+           f"in compute {x['C_star']:.1e} ({'supported' if x['compute_supported'] else 'the compute fit cannot support it'}); "
            f"a weaker prior helps: at t_start {pst['best_dlm.t_start']:g} ΔLM {pst['best_dlm.mean']:.2f} vs SAE {pst['sae_dlm.mean']:.2f} (12_projection)")
     rr = f"{f['r']:g}"
-    steer = (f"**scale, not a code defect** (12_projection): the projection keeps {f['glp']['along_neg']:.2f} of a −{rr} edit along w, sign intact "
-             f"(exact Gaussian prior {f['gauss']['along_neg']:.2f}); one edited position: next-token valence {ro['plain steering'][f'-{rr}']['valence']:+.3f} plain, "
-             f"{ro['GLP'][f'-{rr}']['valence']:+.3f} +GLP (unedited {ro['plain steering']['+0']['valence']:+.3f}); after the text, VADER toward negative: plain "
-             f"{fv['plain steering']:+.2f}, +GLP {fv['GLP']:+.2f}, exact Gaussian prior {fv['Gaussian (exact)']:+.2f}, massive dims kept "
-             f"{fv['GLP, massive dims kept']:+.2f}, GLP before the edit {fv['GLP before the edit']:+.2f}")
+    sp, ts_ = f["split"], f["trend_spearman"]
+    steer = (f"**not a code defect, and not fixed by scale** (12_projection): the projection keeps {f['glp']['along_neg']:.2f} of a −{rr} edit along w, "
+             f"sign intact (exact Gaussian prior {f['gauss']['along_neg']:.2f}), and keeps the same fraction at every checkpoint (Spearman with FLOPs "
+             f"{ts_['neg_along']:+.2f}); the LM reads the edit's sentiment from the part of w that a prior removes: next-token valence after a −{rr} edit "
+             f"along the removed part {sp['removed by the prior'][f'-{rr}']:+.3f}, along the kept part {sp['kept by the prior'][f'-{rr}']:+.3f}, unedited "
+             f"{ro['plain steering']['+0']['valence']:+.3f}; after the text, VADER toward negative: plain {fv['plain steering']:+.2f}, +GLP {fv['GLP']:+.2f}, "
+             f"exact Gaussian prior {fv['Gaussian (exact)']:+.2f}, massive dims kept {fv['GLP, massive dims kept']:+.2f}, GLP before the edit "
+             f"{fv['GLP before the edit']:+.2f}")
     trend = f"**scale**: no trend in our range, steering score {_fit(dc['fits.steer'])}"
     probe = f"at t = 0.5, AUC {_fit(dc['fits[auc_t0.5]'])} (paper 0.92 − 4.74e6·C^−0.539); at t = 0.1, {_fit(dc['fits[auc_t0.1]'])}"
     probe_l = f"AUC against loss at t = 0.1: {_fit(dls['fits[auc_t0.1]'], 'L')} (paper 0.935 − 0.015·L)"
