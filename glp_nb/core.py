@@ -16,8 +16,8 @@ __all__ = ['PROBE_CPU_TASKS', 'PROFILES', 'LIMITS', 'ModelCfg', 'CorpusCfg', 'Ha
            'DownstreamCfg', 'RecipeCfg', 'Profile', 'get_profile', 'check_profile', 'temp_env', 'torch_threads',
            'isolated', 'repo_root', 'data_dir', 'out_dir', 'fig_dir', 'run_dir', 'seed_everything', 'get_device',
            'default_threads', 'setup_torch', 'atomic_path', 'disk_error', 'disk_full', 'save_json', 'load_json',
-           'writer_lock', 'clean_tmp', 'settings_match', 'git_rev', 'provenance', 'save_data', 'save_figure', 'lookup',
-           'fill', 'measured', 'pbar', 'timer']
+           'finite_json', 'writer_lock', 'clean_tmp', 'settings_match', 'git_rev', 'provenance', 'save_data',
+           'save_figure', 'lookup', 'fill', 'measured', 'pbar', 'timer']
 
 # %% ../nbs/00_core.ipynb #c006
 @dataclass
@@ -547,6 +547,13 @@ def _jsonable(o):
     if dataclasses.is_dataclass(o): return asdict(o)
     if hasattr(o, "tolist"): return o.tolist()
     raise TypeError(f"not JSON serialisable: {type(o)}")
+
+def finite_json(o):
+    "`o` as strict JSON: numpy scalars as Python numbers, every non-finite float (NaN: no value; inf: none reached) as None."
+    if isinstance(o, dict): return {k: finite_json(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)): return [finite_json(v) for v in o]
+    if isinstance(o, np.generic): o = o.item()
+    return None if isinstance(o, float) and not np.isfinite(o) else o
 
 # %% ../nbs/00_core.ipynb #c019c
 _HELD = {}   # folder -> [fd, depth] of the writer locks this process holds

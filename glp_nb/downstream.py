@@ -12,24 +12,24 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from .core import Profile, ProbeCfg, ProjectCfg, fig_dir, data_dir, load_json, save_figure, pbar, timer, get_device
+from .core import Profile, ProbeCfg, ProjectCfg, fig_dir, data_dir, load_json, save_figure, pbar, timer, get_device, finite_json
 from .stats import boot_idx, boot_ratio, bootstrap_ci
 from .scaling import flops, fit_power_law, frontier, r2, PAPER_FIT
 from . import artefacts
 
 # %% auto #0
-__all__ = ['DLM_STRIDE', 'ALPHA_MIN', 'PAPER_DOWNSTREAM', 'run_names', 'n_params', 'ckpt_losses', 'ckpt_table', 'heldout_check',
-           'ckpt_probe', 'resume_at', 'score_positions', 'scored_ce', 'Resumed', 'project_edit', 'steering_points',
-           'boot_power_law', 'fit_compute', 'fit_linear', 'public', 'sae_level', 'crossing', 'paper_loss_range',
-           'metric_specs', 'plot_vs_compute', 'plot_vs_loss', 'tasks_digest', 'jsonable', 'fit_all', 'probing_check',
-           'run_downstream', 'fit_table', 'summary']
+__all__ = ['DLM_STRIDE', 'ALPHA_MIN', 'PAPER_DOWNSTREAM', 'run_names', 'denoiser_params', 'ckpt_losses', 'ckpt_table',
+           'heldout_check', 'ckpt_probe', 'resume_at', 'score_positions', 'scored_ce', 'Resumed', 'project_edit',
+           'steering_points', 'boot_power_law', 'fit_compute', 'fit_linear', 'public', 'sae_level', 'crossing',
+           'paper_loss_range', 'metric_specs', 'plot_vs_compute', 'plot_vs_loss', 'tasks_digest', 'fit_all',
+           'probing_check', 'run_downstream', 'fit_table', 'summary']
 
 # %% ../nbs/14_downstream.ipynb #d006
 def run_names(P: Profile) -> list[str]:
     "The GLP runs of profile `P` whose checkpoints this stage measures: the finished ladder rungs, then the main GLP."
     return [*artefacts.ladder_runs(P), "main"]
 
-def n_params(glp) -> int:
+def denoiser_params(glp) -> int:
     "Parameters N of a GLP's denoiser (the N of C = 6 N D)."
     return sum(p.numel() for p in glp.denoiser.parameters())
 
@@ -48,7 +48,7 @@ def ckpt_table(P: Profile) -> pd.DataFrame:
     rows = []
     for run in run_names(P):
         cks = artefacts.glp_ckpts(P, run)
-        n, acts = n_params(load_glp(cks[-1])), [artefacts.ckpt_acts(c) for c in cks]
+        n, acts = denoiser_params(load_glp(cks[-1])), [artefacts.ckpt_acts(c) for c in cks]
         loss = ckpt_losses(artefacts.glp_dir(P, run), acts)
         rung = int(run.split("_")[1]) if run.startswith("ladder_") else -1
         rows += [dict(run=run, rung=rung, ckpt=c.name, path=str(c), acts=a, params=n, flops=float(flops(n, a)), val_loss=float(l))
@@ -414,15 +414,6 @@ def tasks_digest(data: dict) -> str:
         for f in ("resid", "y", "train", "test"): h.update(np.ascontiguousarray(data[k][f]).tobytes())
     return h.hexdigest()
 
-def jsonable(o):
-    "`o` with every non-finite float (NaN: no value; inf: no crossing) as None, so that the JSON is standard."
-    if isinstance(o, dict): return {k: jsonable(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)): return [jsonable(v) for v in o]
-    if isinstance(o, (float, np.floating)): return float(o) if np.isfinite(o) else None
-    if isinstance(o, np.integer): return int(o)
-    if isinstance(o, np.bool_): return bool(o)
-    return o
-
 def _try(fn, *a, **kw) -> dict:
     "The fit `fn(*a, **kw)`, or dict(error=...) when the points cannot carry it (too few, degenerate)."
     try: return fn(*a, **kw)
@@ -450,7 +441,7 @@ def probing_check(P: Profile, pts: pd.DataFrame) -> Optional[dict]:
 def _json(r: dict, fits: str) -> dict:
     "The JSON data of a figure: the points, the fits (without bootstrap rows), the crossing, the paper's fits and the settings (non-finite numbers as null)."
     keep = ("metrics", "sae", "base_ce", "crossing", "steering_note", "heldout_check", "probing_check", "settings", "seconds", "steer_baseline")
-    return jsonable(dict(points=r["points"].drop(columns="path").to_dict("records"), fits={k: public(v) for k, v in r[fits].items()},
+    return finite_json(dict(points=r["points"].drop(columns="path").to_dict("records"), fits={k: public(v) for k, v in r[fits].items()},
                          fit_on="compute frontier" if fits == "fits_compute" else "all checkpoints", paper=PAPER_DOWNSTREAM,
                          paper_loss_range=paper_loss_range(), **{k: r[k] for k in keep}))
 

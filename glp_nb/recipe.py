@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 import numpy as np, pandas as pd, torch
 import torch.nn.functional as F
 from torch import nn
-from .core import Profile, check_profile, load_json, pbar, save_figure, timer, torch_threads
+from .core import Profile, check_profile, load_json, pbar, save_figure, timer, torch_threads, finite_json
 from .artefacts import glp_dir, open_stores, record, reuse
 from .glp import Normalizer, load_glp, make_glp
 from .scaling import flops, rung_profile
@@ -19,8 +19,8 @@ from .train import HeldOut, batch_loss, make_optimizer, store_batches, train_glp
 
 # %% auto #0
 __all__ = ['recipe_profile', 'run_name', 'run_spec', 'recipe_plan', 'train_run', 'loss_ci', 'compare', 'verdict', 'best_lr',
-           'lr_rule', 'FusedUpGate', 'fuse_up_gate', 'speed_bench', 'run_recipe', 'recipe_data', 'json_ready',
-           'recipe_summary', 'plot_recipe']
+           'lr_rule', 'FusedUpGate', 'fuse_up_gate', 'speed_bench', 'run_recipe', 'recipe_data', 'recipe_summary',
+           'plot_recipe']
 
 # %% ../nbs/15_recipe.ipynb #r006
 def recipe_profile(P: Profile, rung: Optional[int] = None, n_ckpts: int = 1, **train) -> Profile:
@@ -305,18 +305,11 @@ def run_recipe(P: Profile, log=print, progress: bool = True) -> dict:
 # %% ../nbs/15_recipe.ipynb #r028
 def recipe_data(r: dict) -> dict:
     "The figure's JSON: settings, baseline, every table as records, the lr rule, adopt and the recommended lrs."
-    rec = lambda df: json_ready(df.drop(columns=[c for c in ("profile",) if c in df.columns]).to_dict("records"))
-    return dict(rung=r["rung"], n_acts=r["n_acts"], n_boot=r["n_boot"], baseline=json_ready(r["baseline"]), seed_gap=r["seed_gap"],
+    rec = lambda df: finite_json(df.drop(columns=[c for c in ("profile",) if c in df.columns]).to_dict("records"))
+    return dict(rung=r["rung"], n_acts=r["n_acts"], n_boot=r["n_boot"], baseline=finite_json(r["baseline"]), seed_gap=r["seed_gap"],
                 changes=rec(r["changes"]), runs=rec(r["runs"]), sweep=rec(r["sweep"]), best_lrs=rec(r["best_lrs"]),
                 lr_rule=r["lr_rule"], speed=rec(r["speed"]), adopt=r["adopt"], recommended_lrs=r["recommended_lrs"],
                 seconds=r["seconds"])
-
-def json_ready(o):
-    "`o` with numpy scalars as Python numbers and NaN / inf as None (strict JSON; a diverged run says so in `diverged`)."
-    if isinstance(o, dict): return {k: json_ready(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)): return [json_ready(v) for v in o]
-    if isinstance(o, np.generic): o = o.item()
-    return None if isinstance(o, float) and not math.isfinite(o) else o
 
 def recipe_summary(r: dict) -> str:
     "Lines: the baseline, each change (difference and interval, verdict), the best lr per rung, the width rule, the speedups, the recommendation."
