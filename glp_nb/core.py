@@ -13,11 +13,11 @@ import numpy as np
 # %% auto #0
 __all__ = ['PROBE_CPU_TASKS', 'PROFILES', 'LIMITS', 'ModelCfg', 'CorpusCfg', 'HarvestCfg', 'GLPCfg', 'TrainCfg', 'SampleCfg',
            'ProjectCfg', 'SAECfg', 'ScalingCfg', 'EvalCfg', 'SteerCfg', 'ProbeCfg', 'NeuronsCfg', 'DiagCfg', 'SynthCfg',
-           'DownstreamCfg', 'RecipeCfg', 'Profile', 'get_profile', 'check_profile', 'temp_env', 'torch_threads',
-           'isolated', 'repo_root', 'data_dir', 'out_dir', 'fig_dir', 'run_dir', 'seed_everything', 'get_device',
-           'default_threads', 'setup_torch', 'atomic_path', 'disk_error', 'disk_full', 'save_json', 'load_json',
-           'finite_json', 'writer_lock', 'clean_tmp', 'settings_match', 'git_rev', 'provenance', 'save_data',
-           'save_figure', 'lookup', 'fill', 'measured', 'pbar', 'timer']
+           'DownstreamCfg', 'RecipeCfg', 'StreamCfg', 'MultiCfg', 'OODCfg', 'BenchCfg', 'Profile', 'get_profile',
+           'check_profile', 'temp_env', 'torch_threads', 'isolated', 'repo_root', 'data_dir', 'out_dir', 'fig_dir',
+           'run_dir', 'seed_everything', 'get_device', 'default_threads', 'setup_torch', 'atomic_path', 'disk_error',
+           'disk_full', 'save_json', 'load_json', 'finite_json', 'writer_lock', 'clean_tmp', 'settings_match',
+           'git_rev', 'provenance', 'save_data', 'save_figure', 'lookup', 'fill', 'measured', 'pbar', 'timer']
 
 # %% ../nbs/00_core.ipynb #c006
 @dataclass
@@ -238,6 +238,63 @@ class RecipeCfg:
     seed: int = 0
 
 @dataclass
+class StreamCfg:
+    "16_stream: harvest and training as two processes joined by a bounded ring of shards on disk."
+    ring: int = 4                      # K: at most this many shards on disk at once (written and not yet released)
+    shard_acts: int = 16384            # rows per ring shard
+    n_acts: Optional[int] = None       # activations harvested per pass (None = HarvestCfg.train_acts)
+    passes: int = 1                    # passes over the stream (each shard trained on exactly once per pass)
+    keep: bool = False                 # keep shards after they are trained on (else released, which frees a ring slot)
+    world: int = 1                     # trainer processes, each over disjoint shards
+    rung: Optional[int] = 1            # GLP shape: this ScalingCfg.widths rung (None = the main GLP's shape)
+    batch_size: int = 1024
+    lr: Optional[float] = None         # None = the rung's lr (scaling.rung_lr), or TrainCfg.lr for the main shape
+    kills: tuple = (0.3, 0.6)          # fractions of the run at which the stage SIGKILLs producer and trainer, then restarts both
+    poll: float = 0.05                 # seconds between looks at the ring
+    seed: int = 0
+
+@dataclass
+class MultiCfg:
+    "17_multilayer: one layer-conditioned GLP for several layers, harvested in one truncated forward."
+    layers: tuple = ()                 # block indices whose outputs are read (() = every layer of the subject model)
+    train_acts: int = 100_000          # rows (token positions) per layer
+    val_acts: int = 8_192              # held-out rows per layer
+    n_acts: int = 1_000_000            # training activations seen (each a (row, layer) pair)
+    d_model: Optional[int] = None      # None = the main GLP's widths (GLPCfg)
+    d_mlp: Optional[int] = None
+    depth: Optional[int] = None
+    lr: Optional[float] = None         # None = TrainCfg.lr
+    batch_size: Optional[int] = None   # None = TrainCfg.batch_size
+    fd_n: int = 2000                   # samples per layer for the per-layer Frechet distance
+    seed: int = 0
+
+@dataclass
+class OODCfg:
+    "18_ood: the GLP as a detector of off-manifold activations: its scores, simple baselines and the benchmarks."
+    ts: tuple = (0.1, 0.3, 0.5, 0.7, 0.9)   # fixed t grid of the flow-matching loss score
+    n_noise: int = 2                   # fixed noise draws per t
+    t_project: float = 0.1             # t_start of the projection-distance score
+    project_steps: int = 4             # Euler steps of that projection
+    ode_steps: int = 20                # Euler steps of the probability-flow likelihood
+    hutch: int = 4                     # Hutchinson probes per ODE step (its variance against its cost)
+    texts: int = 200                   # texts per benchmark set
+    max_len: int = 64                  # tokens per text
+    alphas: tuple = (0.25, 0.5, 1.0, 2.0)   # sizes of the steering corruption, x the mean activation norm
+    pca_k: int = 64                    # components kept by the PCA-residual baseline
+    n_boot: int = 1000
+    seed: int = 0
+
+@dataclass
+class BenchCfg:
+    "19_benchmarks: each hot path timed against its limit, in the same process."
+    reps: int = 5                      # timed repetitions per measurement (the median is reported)
+    harvest_tokens: int = 8192         # tokens per harvest timing
+    train_steps: int = 20              # GLP training steps per timing
+    gen_tokens: int = 16               # generated tokens per generation timing
+    sae_steps: int = 20                # SAE training steps per timing
+    seed: int = 0
+
+@dataclass
 class Profile:
     "One config per stage, under a name."
     name: str = "cpu"
@@ -258,6 +315,10 @@ class Profile:
     synth: SynthCfg = field(default_factory=SynthCfg)
     downstream: DownstreamCfg = field(default_factory=DownstreamCfg)
     recipe: RecipeCfg = field(default_factory=RecipeCfg)
+    stream: StreamCfg = field(default_factory=StreamCfg)
+    multi: MultiCfg = field(default_factory=MultiCfg)
+    ood: OODCfg = field(default_factory=OODCfg)
+    bench: BenchCfg = field(default_factory=BenchCfg)
     threads: Optional[int] = None  # torch CPU threads; None = all cores
 
 # %% ../nbs/00_core.ipynb #c008
@@ -366,6 +427,13 @@ _RULES = {
                   n_ret="positive", n_boot="positive"),
     "downstream": dict(dlm_docs="positive", n_boot="positive"),
     "recipe": dict(rung="nonneg", n_acts="positive", n_boot="positive", speed_rounds="positive", speed_steps="positive"),
+    "stream": dict(ring="positive", shard_acts="positive", n_acts="positive", passes="positive", world="positive", rung="nonneg",
+                   batch_size="positive", lr="positive", poll="positive"),
+    "multi": dict(train_acts="positive", val_acts="positive", n_acts="positive", d_model="positive", d_mlp="positive", depth="positive",
+                  lr="positive", batch_size="positive", fd_n="positive"),
+    "ood": dict(n_noise="positive", t_project="t", project_steps="positive", ode_steps="positive", hutch="positive", texts="positive",
+                max_len="positive", pca_k="positive", n_boot="positive"),
+    "bench": dict(reps="positive", harvest_tokens="positive", train_steps="positive", gen_tokens="positive", sae_steps="positive"),
 }
 _CHOICES = {("project", "grid"): ("ours", "authors"), ("train", "t_dist"): ("uniform", "logit_normal"), ("model", "dtype"): ("float32", "bfloat16", "float16")}
 
