@@ -119,6 +119,7 @@ class ScalingCfg:
     lr: Optional[float] = None     # None = P.train.lr; short ladders need a larger lr than the paper's 1B-activation runs
     lrs: Optional[tuple] = None    # one lr per rung (overrides `lr`; 15_recipe's per-size sweep says which)
     n_boot: int = 1000             # bootstrap resamples of the fit's points
+    released: Optional[str] = None  # a GLP folder (ours or the authors' layout) or hub id: its checkpoints are the compute sweep of 10, 14 (and 09) instead of our ladder
 
 @dataclass
 class EvalCfg:
