@@ -6,12 +6,12 @@
 from __future__ import annotations
 import argparse, contextlib, re, sys, threading, time, json, os
 from pathlib import Path
-from .core import PROFILES, get_profile, repo_root, run_dir, fig_dir, save_json, load_json, git_rev, lookup
+from .core import PROFILES, get_profile, repo_root, run_dir, fig_dir, save_json, load_json, git_rev, lookup, atomic_path
 
 # %% auto #0
-__all__ = ['LIB_DIRECTIVES', 'STAGE_WORK', 'chain', 'chain_cells', 'Progress', 'notebooks_dir', 'parse_sets', 'StageFailed',
-           'failure_message', 'run_chain', 'render_gallery', 'Fig', 'render_results', 'render_holds', 'render_timings',
-           'update_readme', 'finish', 'main']
+__all__ = ['LIB_DIRECTIVES', 'STAGE_WORK', 'H200_BF16_PEAK', 'chain', 'chain_cells', 'Progress', 'notebooks_dir', 'parse_sets',
+           'StageFailed', 'failure_message', 'run_chain', 'render_gallery', 'Fig', 'render_results', 'render_holds',
+           'render_timings', 'update_readme', 'gpu_summary', 'pack', 'unpack', 'finish', 'main']
 
 # %% ../nbs/cli.ipynb #c005
 def chain(nbs: Path, only: str | None = None) -> list[Path]:
@@ -183,9 +183,9 @@ def run_chain(profile: str = "cpu", nbs: Path | None = None, only: str | None = 
     import papermill as pm, nbformat
     if profile not in PROFILES: raise KeyError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
     overrides = parse_sets(sets)
-    get_profile(profile, **overrides)                        # a bad --set fails here, before any stage runs
+    P = get_profile(profile, **overrides)                    # a bad --set fails here, before any stage runs
     nbs_ = notebooks_dir(nbs)
-    stages = chain(nbs_, only)
+    stages = chain(nbs_, only or P.stages)                  # a profile may run only some stages (gpu-quick: `Profile.stages`)
     if start:
         hit = [i for i, p in enumerate(stages) if p.stem == start or p.name == start or p.name.startswith(start)]
         if not hit: raise ValueError(f"--from {start!r} matches no stage; stages: {[p.stem for p in stages]}")
@@ -436,7 +436,10 @@ STAGE_WORK = {   # what each stage of the chain does, for the README's runtime t
     "09_steering": "sentiment and SAE-feature steering, baseline vs +GLP", "10_probing": "1-D probing: meta-neurons vs SAE, raw, MLP",
     "11_meta_neurons": "top texts of meta-neurons",
     "12_projection": "what the projection does to steered activations; t_start sweep", "13_synthetic": "known-density check of training, sampler and projection",
-    "14_downstream": "downstream metrics of every checkpoint against compute and loss", "15_recipe": "training changes at equal compute"}
+    "14_downstream": "downstream metrics of every checkpoint against compute and loss", "15_recipe": "training changes at equal compute",
+    "16_stream": "harvest and training as two processes over a bounded ring of shards, with kills",
+    "17_multilayer": "one layer-conditioned GLP for several layers", "18_ood": "the GLP as a detector of off-manifold activations",
+    "19_benchmarks": "each hot path against its limit"}
 
 def render_timings(timings: Path) -> str:
     "The README's runtime table from a chain's `chain_timings.json`: minutes and share of every stage, and the total."
@@ -466,6 +469,48 @@ def update_readme(readme: Path, figs: Path, start="<!-- gallery:start -->", end=
         with atomic_path(readme) as tmp: Path(tmp).write_text(new)
     return True
 
+# %% ../nbs/cli.ipynb #g002
+H200_BF16_PEAK = 989e12   # the H200's dense bf16 tensor-core peak (spec sheet); measured matmuls reach about 790e12
+
+def gpu_summary(figs: Path, peak: float = H200_BF16_PEAK) -> dict:
+    "Harvest tok/s and training MFU of a gpu-quick run, from its `activation_stats.json` and `training_curve.json` in `figs`."
+    a, t = load_json(Path(figs) / "activation_stats.json"), load_json(Path(figs) / "training_curve.json")
+    th, st = a["throughput"], t["stats"]
+    return dict(harvest_tok_s=th["truncated_tok_s"], harvest_vs_naive=th["ratio"], train_act_s=st["act_s"],
+                train_flops=st["achieved_flops"], measured_matmul_flops=st["peak_matmul_flops"], mfu_vs_measured=st["mfu"],
+                mfu_vs_nominal=st["achieved_flops"] / peak, nominal_peak_flops=peak, n_params=st["n_params"],
+                final_val_loss=st["val_loss"], profile=a["meta"].get("profile"))
+
+# %% ../nbs/cli.ipynb #g004
+def pack(src: Path, dest: Path, mib: int = 56) -> list[Path]:
+    "Tar `src` (a folder) into `dest/c<k>/part` chunks of at most `mib` MiB each, plus `dest/index.json` (sizes, SHA-256); one chunk per device call."
+    import tarfile, hashlib, io
+    src, dest = Path(src), Path(dest)
+    if not src.is_dir(): raise NotADirectoryError(f"nothing to pack: {src} is not a folder")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf: tf.add(src, arcname=".")
+    blob, n = buf.getvalue(), mib << 20
+    parts = []
+    for k in range(0, max(len(blob), 1), n):
+        p = dest / f"c{k // n:02d}" / "part"; p.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(p) as tmp: Path(tmp).write_bytes(blob[k:k + n])
+        parts.append(p)
+    save_json(dict(parts=[str(p.relative_to(dest)) for p in parts], bytes=len(blob), sha256=hashlib.sha256(blob).hexdigest()), dest / "index.json")
+    return parts
+
+def unpack(dest: Path, out: Path) -> Path:
+    "Join the chunks that `pack` wrote under `dest` (checking that every one arrived and the SHA-256) and untar them into `out`."
+    import tarfile, hashlib, io
+    dest, out = Path(dest), Path(out)
+    idx = load_json(dest / "index.json")
+    missing = [q for q in idx["parts"] if not (dest / q).exists()]
+    if missing: raise FileNotFoundError(f"chunks not here yet: {missing} (bring each with its own device call)")
+    blob = b"".join((dest / q).read_bytes() for q in idx["parts"])
+    if hashlib.sha256(blob).hexdigest() != idx["sha256"]: raise ValueError(f"{dest}: the joined chunks do not match index.json's SHA-256")
+    out.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(blob)) as tf: tf.extractall(out, filter="data")
+    return out
+
 # %% ../nbs/cli.ipynb #c033
 def finish(profile: str, times: dict, full: bool = True) -> dict:
     "After a chain: keep its stage times beside its figures (for the README table and the next run's ETAs), rewrite the README (cpu), build the report."
@@ -478,6 +523,12 @@ def finish(profile: str, times: dict, full: bool = True) -> dict:
     if profile == "cpu" and root and not os.environ.get("GLP_NB_OUT"):   # a partial chain refreshes the results, not the runtime table
         update_readme(root / "README.md", root / "figures", timings=out.get("timings"))
         out["readme"] = root / "README.md"
+    if profile.startswith("gpu-quick") and full:
+        out["gpu"] = fig_dir(profile) / "gpu_quick.json"
+        import torch, platform
+        dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else (platform.processor() or platform.machine())
+        save_json(dict(meta=dict(profile=profile, git=git_rev(), device=dev), **gpu_summary(fig_dir(profile))), out["gpu"])
+        print(f"[glp-reproduce] GPU run summary: {out['gpu']}", flush=True)
     from glp_nb.report import report, screenshot, check_report
     out["report"] = report(profile)
     print(f"[glp-reproduce] report: {out['report']}", flush=True)

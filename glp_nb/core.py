@@ -321,6 +321,7 @@ class Profile:
     ood: OODCfg = field(default_factory=OODCfg)
     bench: BenchCfg = field(default_factory=BenchCfg)
     threads: Optional[int] = None  # torch CPU threads; None = all cores
+    stages: Optional[str] = None   # regex of the numbered notebooks this profile's chain runs (None = every stage)
 
 # %% ../nbs/00_core.ipynb #c008
 # cpu probing: one task per family of the SAE-Probes benchmark, short prompts preferred (10_probing explains the choice)
@@ -346,10 +347,10 @@ PROFILES = {
         probe=dict(datasets=("92_glue_sst2", "113_movie_sent"), max_rows=160, max_len=64, top_k=32, n_boot=200, ts=(0.1, 0.5),
                    n_check=4),
         neurons=dict(docs=16, length=32, tasks=2),
-        diag=dict(n_acts=64, rs=(1.0,), t_starts=(0.1, 0.5), steps=(4,), sweep_ts=(0.1, 0.5), steer_ts=(0.5,), sweep_docs=4, sweep_prefixes=4,
-                  sweep_rs=(1.0,), stepwise_prefixes=4),
+        diag=dict(n_acts=64, rs=(1.0,), t_starts=(0.1, 0.5), steps=(4,), sweep_ts=(0.1, 0.5), steer_ts=(0.5,), sweep_docs=2, sweep_prefixes=2,
+                  sweep_rs=(1.0,), stepwise_prefixes=2),   # 12 is the smoke chain's slowest stage: 2 prefixes / documents per part
         synth=dict(d=64, rank=4, k=3, n_train=20_000, budgets=(4_096, 16_384), n_eval=256, exact_steps=200, n_boot=200),
-        downstream=dict(dlm_docs=4, n_boot=100),
+        downstream=dict(dlm_docs=2, n_boot=100),
         recipe=dict(rung=0, n_acts=4_096, lrs=(1e-3, 1e-2), batch_sizes=(256,), n_boot=200, compile=False),
     ),
     "cpu": dict(
@@ -366,6 +367,25 @@ PROFILES = {
         recipe=dict(n_acts=300_000, lrs=(3e-3, 1e-2, 3e-2)),   # 15: ~8 minutes; the best lr per rung, for ScalingCfg.lrs
         diag=dict(n_acts=256, stepwise_prefixes=16, steer_ts=(0.1, 0.5), sweep_rs=(1.0, 2.0), sweep_prefixes=16),  # 12: ~20 minutes
     ),
+    # one H200 for one 10-minute device window (issue 14): harvest in bf16, a streamed GLP, a ladder up to ~100x the cpu chain's
+    # largest GLP compute (C = 6 N D: 84M params x 30M activations vs 11M x 2M), then ΔLM, steering and probing. Sized by estimate
+    # (H200 bf16 ~790 TFLOP/s, GLP steps at ~30% of it), not yet measured; its figures go to figures/gpu/.
+    "gpu-quick": dict(
+        stages=r"^(0[0-9]|10|16)_",
+        model=dict(dtype="bfloat16"),
+        harvest=dict(max_len=1024, train_acts=10_000_000, val_acts=200_000, batch_tokens=65536, block_docs=512, shard_acts=1_000_000,
+                     bench_tokens=262_144, pca_rows=65536),
+        glp=dict(depth=3, d_model=1280, d_mlp=2560),
+        train=dict(lr=1e-3, batch_size=4096, n_acts=30_000_000, eval_every=500, eval_acts=32768),
+        sample=dict(n_gen=20000),
+        sae=dict(lr=2e-3, batch_size=4096),
+        scaling=dict(widths=((128, 256, 2), (320, 640, 2), (640, 1280, 3), (1280, 2560, 3), (1280, 2560, 6)),
+                     n_acts=30_000_000, batch_size=4096, n_ckpts=6, lr=1e-3),
+        eval=dict(fd_n=20000, fd_steps=(1, 4, 20, 100), fd_ladder_steps=20, dlm_docs=256, dlm_len=256, dlm_batch=64),
+        steer=dict(batch_size=256, scaling_prefixes=32, scaling_ckpts=2),
+        probe=dict(datasets=PROBE_CPU_TASKS, max_rows=None, max_len=512, batch_tokens=65536),
+        stream=dict(ring=8, shard_acts=1_000_000, n_acts=5_000_000, rung=3, batch_size=4096, kills=()),
+    ),
     "gpu": dict(
         harvest=dict(max_len=2048, train_acts=50_000_000, val_acts=200_000, batch_tokens=65536, block_docs=512, shard_acts=1_000_000),
         glp=dict(depth=6),
@@ -377,6 +397,17 @@ PROFILES = {
         neurons=dict(docs=2000),
     ),
 }
+
+# gpu-quick's twin for CPUs: the same stages end to end at tiny sizes (tested by `make test`), in fp32 since bf16 compute
+# crashes these CPUs; the rest is the smoke profile's, smaller where a stage would dominate.
+PROFILES["gpu-quick-tiny"] = {**PROFILES["smoke"], "stages": PROFILES["gpu-quick"]["stages"], "model": dict(dtype="float32"),
+    "harvest": {**PROFILES["smoke"]["harvest"], "train_acts": 12_000, "val_acts": 2_000},
+    "train": {**PROFILES["smoke"]["train"], "n_acts": 12_000},
+    "scaling": {**PROFILES["smoke"]["scaling"], "n_acts": 8_192},
+    "eval": {**PROFILES["smoke"]["eval"], "fd_n": 300, "dlm_docs": 4},
+    "steer": {**PROFILES["smoke"]["steer"], "rs": (1.0,), "n_prefixes": 2, "new_tokens": 4, "n_features": 1},
+    "probe": {**PROFILES["smoke"]["probe"], "datasets": ("92_glue_sst2",), "max_rows": 120},
+    "stream": dict(ring=2, shard_acts=2048, n_acts=8192, rung=0, batch_size=256, kills=())}
 
 def _merge(dc, over: dict, where: str = ""):
     "Return a copy of dataclass `dc` with fields from `over`, rejecting unknown keys by name."
@@ -392,11 +423,11 @@ def _merge(dc, over: dict, where: str = ""):
 def get_profile(name: str = "cpu", **overrides) -> Profile:
     "The profile `name` ('smoke', 'cpu', 'gpu'), with per-stage `overrides` such as `train={'lr': 1e-4}`; every field is checked (`check_profile`)."
     if name not in PROFILES: raise KeyError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
-    p = _merge(Profile(name=name), PROFILES[name])
+    p = _merge(Profile(name=name), PROFILES[name], name + ".")
     return check_profile(_merge(p, overrides) if overrides else p)
 
 # %% ../nbs/00_core.ipynb #c008w
-import typing
+import typing, re as _re_stages
 
 LIMITS = {  # field -> (test, what it means); fields not listed only get the type check
     "positive": (lambda v: v > 0, "> 0"), "nonneg": (lambda v: v >= 0, ">= 0"), "frac": (lambda v: 0 <= v <= 1, "in [0, 1]"),
@@ -465,6 +496,10 @@ def check_profile(p: Profile) -> Profile:
             if (ch := _CHOICES.get((f.name, g.name))) and v not in ch: raise ValueError(f"config field {name} must be one of {ch}, got {v!r}")
         kw[f.name] = replace(cfg, **new)
     if p.threads is not None: _typed(p.threads, int, "threads")
+    if p.stages is not None:
+        _typed(p.stages, str, "stages")
+        try: _re_stages.compile(p.stages)
+        except _re_stages.error as e: raise ValueError(f"config field stages must be a regex, got {p.stages!r}: {e}") from None
     return replace(p, **kw)
 
 # %% ../nbs/00_core.ipynb #c009b
@@ -526,7 +561,8 @@ def out_dir() -> Path:
 
 def fig_dir(profile: str) -> Path:
     "Where figures of `profile` go."
-    d = {"cpu": out_dir() / "figures", "gpu": out_dir() / "figures" / "gpu"}.get(profile, out_dir() / "runs" / profile / "figures")
+    gpu = out_dir() / "figures" / "gpu"
+    d = {"cpu": out_dir() / "figures", "gpu": gpu, "gpu-quick": gpu}.get(profile, out_dir() / "runs" / profile / "figures")
     d.mkdir(parents=True, exist_ok=True)
     return d
 
