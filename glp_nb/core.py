@@ -119,6 +119,7 @@ class ScalingCfg:
     lr: Optional[float] = None     # None = P.train.lr; short ladders need a larger lr than the paper's 1B-activation runs
     lrs: Optional[tuple] = None    # one lr per rung (overrides `lr`; 15_recipe's per-size sweep says which)
     n_boot: int = 1000             # bootstrap resamples of the fit's points
+    check: bool = True             # refuse a ladder too short to fit a law (< 4 rungs or < 1.5 decades); code-path profiles switch it off
     released: Optional[str] = None  # a GLP folder (ours or the authors' layout) or hub id: its checkpoints are the compute sweep of 10, 14 (and 09) instead of our ladder
 
 @dataclass
@@ -339,7 +340,8 @@ PROFILES = {
         train=dict(lr=1e-3, batch_size=512, n_acts=40_000, n_ckpts=4, eval_every=20, eval_acts=2048),
         sample=dict(n_gen=500, pca_steps=(1, 4, 20)),
         sae=dict(expansion=4, k=16, batch_size=512, n_acts=16_384, lr=3e-3),
-        scaling=dict(widths=((32, 64, 1), (64, 128, 1), (128, 256, 2)), n_acts=16_384, batch_size=512, n_ckpts=3, lr=3e-3, n_boot=100),
+        scaling=dict(widths=((32, 64, 1), (64, 128, 1), (128, 256, 2)), n_acts=16_384, batch_size=512, n_ckpts=3, lr=3e-3, n_boot=100,
+                     check=False),   # 3 rungs: a code-path check of 07, not a law
         eval=dict(fd_n=1000, fd_steps=(1, 4, 20), fd_ladder_steps=4, dlm_docs=8, dlm_len=64, n_boot=200),
         project=dict(steps=4),        # 05, 08 and 09 project with 4 Euler steps (cpu and gpu: the paper's 20)
         steer=dict(rs=(0.5, 1.5), n_prefixes=4, new_tokens=6, n_features=3, feature_prompts=1, n_boot=100,

@@ -296,7 +296,7 @@ def run_scaling(P: Profile, stores=None, log=print, progress: bool = True) -> di
     "The ladder of profile `P` trained (or reused) on its stores (or `stores` = (train, val)), the law fitted, `scaling_law` saved: dict(df, front, fit, fit_all, params, rungs, png)."
     import matplotlib.pyplot as plt
     train, val = stores or open_stores(P)
-    ns = check_ladder(P, train.d) if P.name != "smoke" else ladder_params(P, train.d)  # smoke: a code-path check only
+    ns = check_ladder(P, train.d) if P.scaling.check else ladder_params(P, train.d)  # smoke-sized profiles: a code-path check only
     log(f"profile {P.name}: {len(ns)} rungs, params {[f'{n:,}' for n in ns]}, span {ladder_span(ns):.2f} decades; "
         f"{P.scaling.n_acts:,} activations per rung, batch {P.scaling.batch_size}, {P.scaling.n_ckpts} log-spaced checkpoints, "
         f"lr {', '.join(f'{rung_lr(P, i):g}' for i in range(len(ns))) if P.scaling.lrs else f'{rung_lr(P, 0):g}'}; "
