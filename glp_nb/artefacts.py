@@ -10,9 +10,9 @@ from typing import Optional
 from .core import Profile, data_dir, load_json, save_json, settings_match
 
 # %% auto #0
-__all__ = ['model_slug', 'layer_of', 'store_dir', 'glp_dir', 'rung_dir', 'sae_dir', 'probe_cache', 'ckpt_name', 'ckpt_acts',
-           'list_ckpts', 'glp_ckpts', 'ladder_runs', 'open_stores', 'main_glp_dir', 'load_main_glp', 'load_main_sae',
-           'reuse', 'record']
+__all__ = ['model_slug', 'layer_of', 'store_dir', 'glp_dir', 'rung_dir', 'sae_dir', 'probe_cache', 'ckpt_name', 'authors_root',
+           'ckpt_acts', 'ckpt_label', 'list_ckpts', 'load_ckpt', 'glp_ckpts', 'ladder_runs', 'released_runs',
+           'open_stores', 'main_glp_dir', 'load_main_glp', 'load_main_sae', 'reuse', 'record']
 
 # %% ../nbs/artefacts.ipynb #a006
 def model_slug(name: str) -> str:
@@ -57,15 +57,48 @@ def probe_cache(llm, name: str, cfg) -> Path:
 # %% ../nbs/artefacts.ipynb #a009
 def ckpt_name(acts: int) -> str: return f"ckpt_{acts:012d}"
 
+def authors_root(p: Path) -> Path:
+    "The folder holding config.yaml for an authors'-layout weights file `p` (its folder, or the one above `checkpoints/`)."
+    return p.parent if (p.parent / "config.yaml").exists() or p.parent.name != "checkpoints" else p.parent.parent
+
 def ckpt_acts(p) -> int:
-    "Activations seen by checkpoint folder `ckpt_<acts:012d>`."
-    try: return int(Path(p).name.split("_")[1])
-    except (IndexError, ValueError): raise ValueError(f"not a checkpoint folder name (ckpt_<acts>): {Path(p).name!r}") from None
+    "Activations seen by a checkpoint: our folder `ckpt_<acts:012d>`, or an authors'-layout weights file (`epoch_N`, `step_N`, `final`; see `glp.authors_acts`)."
+    p = Path(p)
+    if p.suffix == ".safetensors":
+        from glp_nb.glp import authors_acts, _authors_config
+        cfg = authors_root(p) / "config.yaml"
+        a = authors_acts(p.stem, _authors_config(cfg)["train"]) if cfg.exists() else None
+        if a is None: raise ValueError(f"{p}: the activations this checkpoint saw are unknown ({cfg} gives no epoch_size and num_epochs for {p.stem!r})")
+        return a
+    try: return int(p.name.split("_")[1])
+    except (IndexError, ValueError):
+        raise ValueError(f"not a checkpoint (a ckpt_<acts> folder, or final / epoch_N / step_N .safetensors in the authors' layout): {p.name!r}") from None
+
+def ckpt_label(p) -> str:
+    "A checkpoint's short name: `ckpt_<acts>` for ours, `final` / `epoch_N` / `step_N` for the authors' layout."
+    p = Path(p)
+    return p.stem if p.suffix == ".safetensors" else p.name
 
 def list_ckpts(out) -> list[Path]:
-    "Complete checkpoint folders under `out`, by activations seen."
+    "Complete checkpoints under `out`, by activations seen: our `ckpt_<acts>/` folders or, in an authors'-layout folder, its epoch_N / step_N weights files (and `final` when its activations are known and new)."
     out = Path(out)
-    return sorted(p for p in out.glob("ckpt_*") if p.is_dir() and (p / "state.pt").exists()) if out.exists() else []
+    if not out.exists(): return []
+    ours = sorted(p for p in out.glob("ckpt_*") if p.is_dir() and (p / "state.pt").exists())
+    if ours or not (out / "config.yaml").exists(): return ours
+    from glp_nb.glp import authors_ckpts
+    rows = authors_ckpts(out)
+    seen = {r["acts"] for r in rows if r["name"] != "final"}
+    return [r["file"] for r in rows if r["acts"] is not None and (r["name"] != "final" or r["acts"] not in seen)]
+
+def load_ckpt(p, device="cpu"):
+    "The GLP of checkpoint `p` (an entry of `list_ckpts`), in eval mode: our folder via `load_glp`, an authors' weights file via `load_authors_glp`."
+    p = Path(p)
+    if p.suffix == ".safetensors":
+        from glp_nb.glp import load_authors_glp
+        root = authors_root(p)
+        return load_authors_glp(root, str(p.relative_to(root).with_suffix("")), device=device)
+    from glp_nb.glp import load_glp
+    return load_glp(p, device=device).eval()
 
 def _maker(run: str) -> str: return "nbs/07_scaling.ipynb" if run.startswith("ladder") else "nbs/05_train.ipynb"
 
@@ -80,6 +113,20 @@ def ladder_runs(P: Profile) -> list[str]:
     root = glp_dir(P).parent
     runs = [p.name for p in root.glob("ladder_*") if (p / "model.safetensors").exists()] if root.exists() else []
     return sorted(runs, key=lambda s: int(s.split("_")[1]) if s.split("_")[1].isdigit() else 1 << 30)
+
+def released_runs(P: Profile, spec: Optional[str] = None) -> dict:
+    "The compute sweep of a released GLP `spec` (default `P.scaling.released`; a folder, ours or the authors' layout, or a hub id): {run name: checkpoints}, {} when unset."
+    spec = spec if spec is not None else P.scaling.released
+    if not spec: return {}
+    p = Path(str(spec)).expanduser()
+    if p.is_dir(): folder = p
+    else:
+        from glp_nb.glp import _resolve_folder
+        folder = _resolve_folder(spec, "*")   # a hub id: every checkpoint of the run
+    ck = list_ckpts(folder)
+    if not ck: raise FileNotFoundError(f"released GLP {str(spec)!r} ({folder}): no checkpoints to sweep (ckpt_<acts>/ folders, or "
+                                       f"checkpoints/epoch_N, step_N .safetensors with their activations known from config.yaml)")
+    return {f"released--{model_slug(str(folder) if p.is_dir() else str(spec))}": ck}
 
 # %% ../nbs/artefacts.ipynb #a012
 def open_stores(P: Profile, llm=None, verify: str = "size"):

@@ -42,28 +42,41 @@ def ckpt_losses(folder, acts: Sequence[int]) -> np.ndarray:
     if miss: raise KeyError(f"{f}: no held-out loss at {miss} activations (rows have {m.index.tolist()[:12]})")
     return m.loc[list(acts), "val_loss"].to_numpy(np.float64)
 
-def ckpt_table(P: Profile) -> pd.DataFrame:
-    "One row per checkpoint of every run: run, rung (-1: main), ckpt, path, acts, params, flops, val_loss, and `frontier` (07's compute frontier)."
-    from glp_nb.glp import load_glp
+def ckpt_table(P: Profile, val_store=None, llm=None) -> pd.DataFrame:
+    "One row per checkpoint of every run: run, rung (-1: main or released), ckpt, path, acts, params, flops, val_loss, and `frontier` (07's compute frontier). With `P.scaling.released` set, that GLP's checkpoints only."
+    from glp_nb.glp import check_read_point
+    from glp_nb.train import HeldOut
+    runs = artefacts.released_runs(P) or {run: artefacts.glp_ckpts(P, run) for run in run_names(P)}
     rows = []
-    for run in run_names(P):
-        cks = artefacts.glp_ckpts(P, run)
-        n, acts = denoiser_params(load_glp(cks[-1])), [artefacts.ckpt_acts(c) for c in cks]
-        loss = ckpt_losses(artefacts.glp_dir(P, run), acts)
+    for run, cks in runs.items():
+        last = artefacts.load_ckpt(cks[-1])
+        if P.scaling.released: check_read_point(last, artefacts.layer_of(P, llm))
+        if P.scaling.released and getattr(last.denoiser, "n_llm_layers", 0):
+            raise NotImplementedError(f"{run}: a multi-layer GLP; this stage's held-out loss and projection are single-layer (10_probing sweeps it)")
+        n, acts = denoiser_params(last), [artefacts.ckpt_acts(c) for c in cks]
+        folder = Path(cks[0]).parent
+        if Path(cks[0]).is_dir(): loss = ckpt_losses(folder, acts)    # our run: its training log
+        else:                                                           # the authors' layout: HeldOut on the profile's validation store
+            val_store = val_store if val_store is not None else artefacts.open_stores(P, llm)[1]
+            ho, nz, loss = None, None, []
+            for c in pbar(total=len(cks), desc=f"held-out loss {run}", unit="ckpt", iterable=cks):
+                g = artefacts.load_ckpt(c)
+                if ho is None or not (torch.equal(g.normalizer.mean, nz.mean) and torch.equal(g.normalizer.var, nz.var)):
+                    ho, nz = HeldOut.from_store(val_store, g.normalizer, P.train), g.normalizer
+                loss.append(ho.loss(g.denoiser)["val_loss"])
         rung = int(run.split("_")[1]) if run.startswith("ladder_") else -1
-        rows += [dict(run=run, rung=rung, ckpt=c.name, path=str(c), acts=a, params=n, flops=float(flops(n, a)), val_loss=float(l))
+        rows += [dict(run=run, rung=rung, ckpt=artefacts.ckpt_label(c), path=str(c), acts=a, params=n, flops=float(flops(n, a)), val_loss=float(l))
                  for c, a, l in zip(cks, acts, loss)]
     df = pd.DataFrame(rows)
     return df.assign(frontier=frontier(df))
 
 def heldout_check(P: Profile, table: pd.DataFrame, val_store, device="cpu") -> pd.DataFrame:
     "The held-out loss recomputed with `train.HeldOut` for the last checkpoint of every run, next to the metrics.csv value of `table`."
-    from glp_nb.glp import load_glp
     from glp_nb.train import HeldOut
     rows, ho, first = [], None, None
     for run, g in table.groupby("run", sort=False):
         last = g.iloc[-1]
-        glp = load_glp(last.path, device=device)
+        glp = artefacts.load_ckpt(last.path, device=device)
         if ho is None: ho, first = HeldOut.from_store(val_store, glp.normalizer, P.train), (run, glp.normalizer)
         elif not (torch.equal(glp.normalizer.mean, first[1].mean) and torch.equal(glp.normalizer.var, first[1].var)):
             raise ValueError(f"{run} standardizes with other statistics than {first[0]}: the runs were not trained on one store")
@@ -400,8 +413,11 @@ def plot_vs_loss(r: dict):
 # %% ../nbs/14_downstream.ipynb #d031
 def _ckpt_key(path) -> dict:
     "What identifies a checkpoint's weights for the cache: run, name, size and modification time of its model file."
-    f = Path(path) / "model.safetensors"; st = f.stat()
-    return dict(run=f.parent.parent.name, ckpt=f.parent.name, bytes=st.st_size, mtime_ns=st.st_mtime_ns)
+    p = Path(path)
+    if p.suffix == ".safetensors": f, run = p, artefacts.authors_root(p).name    # the authors' layout: the weights file itself
+    else: f = p / "model.safetensors"; run = f.parent.parent.name
+    st = f.stat()
+    return dict(run=run, ckpt=artefacts.ckpt_label(p), bytes=st.st_size, mtime_ns=st.st_mtime_ns)
 
 def _digest(obj) -> str:
     return hashlib.sha1(repr(obj).encode()).hexdigest()
@@ -450,14 +466,13 @@ def run_downstream(P: Profile, llm=None, sae=None, data: Optional[dict] = None, 
                    log=print, progress: bool = True) -> dict:
     "Stage 14 for profile `P`: every checkpoint's loss, probing AUC at each t, ΔLM and steering score, their fits vs compute and loss, the ΔLM crossing; both figures saved."
     import matplotlib.pyplot as plt
-    from glp_nb.glp import load_glp
     from glp_nb.models import load_llm
     from glp_nb.generation import delta_table, dlm_seqs, check_llm
     from glp_nb.probe import gather, profile_tasks
     D, sec, t0 = P.downstream, {}, time.perf_counter()
     with timer() as t:
-        table = ckpt_table(P)
         _, val = artefacts.open_stores(P, llm)
+        table = ckpt_table(P, val, llm)
         hc = heldout_check(P, table, val, get_device(P.model.device))
     sec["table"] = t.s
     log(f"{len(table)} checkpoints in {table.run.nunique()} runs ({', '.join(f'{k}: {v}' for k, v in table.run.value_counts(sort=False).items())}); "
@@ -489,7 +504,7 @@ def run_downstream(P: Profile, llm=None, sae=None, data: Optional[dict] = None, 
         pr = artefacts.reuse(folder, dict(ckpt=ck, **pkey), record="probe.json", log=log)
         dr = artefacts.reuse(folder, dict(ckpt=ck, **dkey), record="dlm.json", log=log)
         cached += (pr is not None) + (dr is not None)
-        g = load_glp(row.path, device=llm.device) if pr is None or dr is None else None
+        g = artefacts.load_ckpt(row.path, device=llm.device) if pr is None or dr is None else None
         if pr is None:
             with timer() as t: res = ckpt_probe(g, data, P.probe, ts)
             tp += t.s

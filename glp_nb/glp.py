@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_glp.ipynb #c003
 from __future__ import annotations
-import os, math, warnings, dataclasses
+import os, re, math, warnings, dataclasses
 from dataclasses import asdict
 from pathlib import Path
 from typing import Optional, Union
@@ -15,10 +15,12 @@ from .core import GLPCfg, atomic_path, save_json, load_json, pbar, timer
 from .stats import standardize
 
 # %% auto #0
-__all__ = ['GRIDS', 'WEIGHTS', 'CONFIG', 'AUTHORS_NAME_MAP', 'AUTHORS_PREFIXES', 'PAPER_SIZES', 'Normalizer',
-           'timestep_embedding', 'MLPBlock', 'TransformerMLPDenoiser', 'preset', 'n_params', 'meta_params', 'noise_to',
-           'flow_loss', 'time_grid', 'euler', 'GLP', 'make_glp', 'save_glp', 'load_glp', 'authors_key_map',
-           'load_authors_glp', 'save_authors_layout', 'subject_width', 'size_table', 'sampling_rate', 'run_glp']
+__all__ = ['GRIDS', 'WEIGHTS', 'CONFIG', 'AUTHORS_NAME_MAP', 'AUTHORS_PREFIXES', 'CKPT_RE', 'EPOCH_ACTS', 'BATCH', 'PAPER_SIZES',
+           'Normalizer', 'timestep_embedding', 'MLPBlock', 'TransformerMLPDenoiser', 'preset', 'n_params',
+           'meta_params', 'noise_to', 'flow_loss', 'authors_start_index', 'time_grid', 'euler', 'GLP', 'make_glp',
+           'save_glp', 'load_glp', 'authors_key_map', 'authors_acts', 'authors_ckpt_file', 'authors_ckpts',
+           'read_blocks', 'check_read_point', 'load_authors_glp', 'save_authors_layout', 'model_card', 'export_run',
+           'export_glp', 'subject_width', 'size_table', 'sampling_rate', 'run_glp']
 
 # %% ../nbs/04_glp.ipynb #c006
 class Normalizer(nn.Module):
@@ -192,6 +194,11 @@ def flow_loss(denoiser, x0, t=None, noise=None, reduce: bool = True, generator=N
 # %% ../nbs/04_glp.ipynb #c022
 GRIDS = ("ours", "authors")
 
+def authors_start_index(t_start: float, steps: int) -> int:
+    "Start index k on the authors' `steps`-point grid for noise level `t_start`: their float32 `(u * N).long()` with u = 1 - t_start."
+    u = torch.ones(1) * (1.0 - t_start)           # their `torch.ones(b) * u`: float32
+    return min(int((u * steps).long()), steps)    # `(u * len(scheduler.timesteps)).long()`: float32 product, truncated
+
 def time_grid(steps: int, t_start: float = 1.0, grid: str = "ours") -> list:
     "Decreasing times [t_0 = start noise level, ..., 0]; len-1 = network evaluations. See the prose for the two grids."
     if grid not in GRIDS: raise ValueError(f"grid must be one of {GRIDS}, got {grid!r}")
@@ -199,8 +206,7 @@ def time_grid(steps: int, t_start: float = 1.0, grid: str = "ours") -> list:
     if not 0.0 <= t_start <= 1.0: raise ValueError(f"t_start must be in [0, 1], got {t_start}")
     if grid == "ours": return torch.linspace(t_start, 0.0, steps + 1, dtype=torch.float64).tolist()
     sig = torch.linspace(1.0, 0.001, steps, dtype=torch.float64).tolist() + [0.0]
-    k = min(int(math.floor((1.0 - t_start) * steps + 1e-6)), steps)  # diffusers index floor(u * N), u = 1 - t
-    return sig[k:]
+    return sig[authors_start_index(t_start, steps):]
 
 # %% ../nbs/04_glp.ipynb #c025
 @torch.no_grad()
@@ -395,26 +401,42 @@ def authors_key_map(depth: int, multi_layer: bool = False) -> dict:
     return out
 
 # %% ../nbs/04_glp.ipynb #c045
-_HUB_HINT = "a hub id must be 'owner/name', e.g. 'generative-latent-prior/glp-llama1b-d3'"
+_HUB_HINT = ("a hub id is 'owner/name' or 'owner/name/sub/folder', e.g. 'generative-latent-prior/glp-llama1b-d3' "
+             "(a name starting with '.', '/' or '~' is always a local folder)")
+CKPT_RE = re.compile(r"^(?:checkpoints/)?(epoch|step)_(\d+)$")   # the authors' intermediate checkpoints
 
-def _resolve_folder(folder_or_hub_id, checkpoint: str) -> Path:
-    "The local folder of `folder_or_hub_id`: an existing folder, else a hub repo 'owner/name' (downloaded, or from the cache offline)."
+def _ckpt_patterns(checkpoint: str) -> list:
+    "Files (relative to a GLP folder) that may hold weights file `checkpoint` ('*' = every checkpoint): the hub download's allow-list."
+    if checkpoint == "*": return ["*.safetensors", "checkpoints/*.safetensors"]
+    m = CKPT_RE.match(checkpoint)
+    if not m: return [f"{checkpoint}.safetensors"]
+    kind, n = m.group(1), int(m.group(2))
+    names = {f"{kind}_{n:0{w}d}" for w in range(1, 9)}   # zero-padded spellings (epoch_32, epoch_0032, ...)
+    return [f"{checkpoint}.safetensors"] + [f"{d}{s}.safetensors" for s in sorted(names) for d in ("", "checkpoints/")]
+
+def _resolve_folder(folder_or_hub_id, checkpoint: str = "final") -> Path:
+    "The local folder of `folder_or_hub_id`: an existing folder, else a hub repo 'owner/name[/sub/folder]' (downloaded, or from the cache offline)."
     s = str(folder_or_hub_id)
     p = Path(s).expanduser()
     if p.exists():
         if not p.is_dir(): raise NotADirectoryError(f"{p} is not a folder (expected config.yaml, rep_statistics.pt, <checkpoint>.safetensors inside)")
         return p
-    if isinstance(folder_or_hub_id, os.PathLike) or s.startswith((".", "/", "~")) or s.count("/") != 1:
+    parts = s.split("/")
+    if isinstance(folder_or_hub_id, os.PathLike) or s.startswith((".", "/", "~")) or len(parts) < 2 or not all(parts):
         raise FileNotFoundError(f"no such folder: {s!r} (no folder at {p.absolute()}); {_HUB_HINT}")
+    repo, sub = "/".join(parts[:2]), "/".join(parts[2:])
+    pre = f"{sub}/" if sub else ""
     from huggingface_hub import snapshot_download
     from glp_nb.models import hub_reachable
     online = hub_reachable()
-    try: return Path(snapshot_download(repo_id=s, allow_patterns=["config.yaml", "rep_statistics.pt", f"{checkpoint}.safetensors"],
-                                       local_files_only=not online))
+    try: root = Path(snapshot_download(repo_id=repo, local_files_only=not online,
+                                       allow_patterns=[pre + f for f in ("config.yaml", "rep_statistics.pt", "README.md", *_ckpt_patterns(checkpoint))]))
     except Exception as e:
         why = ("the Hugging Face hub is unreachable (offline) and the local hub cache does not hold it" if not online
                else f"the hub cannot serve it ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})")
         raise FileNotFoundError(f"{s!r}: no such folder (no folder at {p.absolute()}), and as a hub id {why}; {_HUB_HINT}") from None
+    if not (root / sub).is_dir(): raise FileNotFoundError(f"hub repo {repo!r} has no folder {sub!r} (or none of its files match a GLP)")
+    return root / sub
 
 _AUTHORS_KEYS = {  # model sections of config.yaml -> the keys the authors' code reads there
     "glp_kwargs": {"normalizer_config", "denoiser_config", "tracedict_config"},
@@ -426,6 +448,8 @@ _AUTHORS_TOP = {  # their glp_train.TrainConfig fields and the other top-level k
     "epoch_size", "batch_size", "learning_rate", "lr_scheduler", "gradient_accumulation_steps", "gradient_clipping_threshold",
     "log_every_n_steps", "save_every_n_steps", "save_epochs", "save_opt_state", "output_path", "wandb_enabled",
     "wandb_entity", "wandb_project", "wandb_run_name", "save_root", "run_name", "dataset_root"}
+_PATH_TAGS = ("tag:yaml.org,2002:python/object/apply:pathlib.PosixPath",            # OmegaConf's spelling of a Path
+              "tag:yaml.org,2002:python/object/apply:pathlib._local.PosixPath")     # the same class under Python >= 3.13
 
 def _check_keys(path: Path, conf: dict):
     "Refuse unknown keys in config.yaml's model sections (naming them and the file); warn about unknown top-level keys."
@@ -438,9 +462,20 @@ def _check_keys(path: Path, conf: dict):
     extra = sorted(set(conf) - _AUTHORS_TOP)
     if extra: warnings.warn(f"{path}: top-level key(s) {extra} are not in the authors' training config; ignored")
 
+def _yaml_loader():
+    "A yaml.SafeLoader that also reads OmegaConf's pathlib.PosixPath tag, as a str path; every other python tag stays refused."
+    import yaml
+    from pathlib import PurePosixPath
+    class AuthorsLoader(yaml.SafeLoader): pass
+    def path(loader, node):
+        if not isinstance(node, yaml.SequenceNode): raise yaml.constructor.ConstructorError(None, None, f"expected the parts of a path, got {node.id}", node.start_mark)
+        return str(PurePosixPath(*[str(x) for x in loader.construct_sequence(node)]))
+    for tag in _PATH_TAGS: AuthorsLoader.add_constructor(tag, path)
+    return AuthorsLoader
+
 def _authors_config(path: Path) -> dict:
     import yaml
-    try: conf = yaml.safe_load(path.read_text())
+    try: conf = yaml.load(path.read_text(), Loader=_yaml_loader())
     except yaml.YAMLError as e: raise ValueError(f"corrupt YAML in {path}: {e}") from None
     if not isinstance(conf, dict) or not isinstance(conf.get("glp_kwargs"), dict): raise KeyError(f"{path}: no glp_kwargs section")
     dc = conf["glp_kwargs"].get("denoiser_config")
@@ -457,6 +492,7 @@ def _authors_config(path: Path) -> dict:
         raise ValueError(f"{path}: normalization_method {method!r} is not supported (only 'gaussian', the paper's)")
     out["tracedict"] = conf["glp_kwargs"].get("tracedict_config")
     out["model_name"] = conf.get("model_name")
+    out["train"] = {k: v for k, v in conf.items() if k != "glp_kwargs"}   # the training settings (epoch_size, batch_size, ...)
     return out
 
 def _authors_stats(path: Path):
@@ -466,60 +502,196 @@ def _authors_stats(path: Path):
         raise KeyError(f"{path}: expected a dict with tensors 'mean' and 'var', got {type(st).__name__} with keys {list(st) if isinstance(st, dict) else None}")
     if st.get("normalization_method", "gaussian") not in ("gaussian", None):
         raise ValueError(f"{path}: normalization_method {st['normalization_method']!r} is not supported")
-    return st["mean"].float(), st["var"].float()
+    mean, var = st["mean"].float(), st["var"].float()
+    if (neg := var < 0).any():   # round-off of E[x²] - E[x]² on a constant dimension; their code would take sqrt of it
+        warnings.warn(f"{path}: {int(neg.sum())} of {var.numel()} variances are negative (min {float(var.min()):.3g}); clamped to 0, "
+                      f"so those dimensions are standardized with the normalizer's eps")
+        var = var.clamp_min(0.0)
+    return mean, var
+
+EPOCH_ACTS = 1_000_000   # activations per epoch of a released run whose config.yaml has no epoch_size (their epoch_N = N million)
+BATCH = 4096             # the authors' TrainConfig.batch_size default (step_N = N gradient steps)
+
+def authors_acts(name: str, train: dict) -> Optional[int]:
+    "Activations seen by checkpoint `name` ('final', 'epoch_N', 'step_N') of a run with top-level config.yaml settings `train` (None: unknown)."
+    per_epoch = int(train.get("epoch_size") or EPOCH_ACTS)
+    if (m := CKPT_RE.match(name)):
+        n = int(m.group(2))
+        return n * per_epoch if m.group(1) == "epoch" else n * int(train.get("batch_size") or BATCH)
+    if name == "final" and train.get("epoch_size") and train.get("num_epochs"): return int(train["num_epochs"]) * per_epoch
+    return None
+
+def authors_ckpt_file(folder, checkpoint: str) -> Path:
+    "The weights file of `checkpoint` in an authors'-layout folder: 'final', 'epoch_N' / 'step_N' (any zero padding) or a relative name."
+    folder = Path(folder)
+    if (f := folder / f"{checkpoint}.safetensors").exists(): return f
+    if (m := CKPT_RE.match(checkpoint)):
+        for q in sorted((folder / "checkpoints").glob(f"{m.group(1)}_*.safetensors")) + sorted(folder.glob(f"{m.group(1)}_*.safetensors")):
+            if (mq := CKPT_RE.match(q.stem)) and int(mq.group(2)) == int(m.group(2)): return q
+    have = sorted(str(q.relative_to(folder).with_suffix("")) for q in folder.rglob("*.safetensors"))
+    raise FileNotFoundError(f"missing {folder / f'{checkpoint}.safetensors'}: no checkpoint {checkpoint!r} in {folder}; "
+                            f"checkpoints here: {have} (short names: 'final', 'epoch_N', 'step_N')")
+
+def authors_ckpts(folder, final: bool = True) -> list:
+    "Every checkpoint of an authors'-layout folder as dicts (name, file, acts), by activations seen; `final` too when `final`."
+    folder = Path(folder)
+    train = _authors_config(folder / "config.yaml")["train"]
+    files = [*folder.glob("*.safetensors"), *(folder / "checkpoints").glob("*.safetensors")]
+    rows = [dict(name=q.stem, file=q, acts=authors_acts(q.stem, train)) for q in files
+            if CKPT_RE.match(q.stem) or (final and q.stem == "final")]
+    return sorted(rows, key=lambda r: (r["acts"] is None, r["acts"] or 0, r["name"] == "final", r["name"]))
+
+def read_blocks(tracedict) -> tuple:
+    "(blocks whose OUTPUT the GLP models, retain) from config.yaml's tracedict_config: retain 'output' of layer L is block L's output, 'input' is block L-1's."
+    td = tracedict or {}
+    layers, retain = td.get("layers"), td.get("retain") or "output"
+    if retain not in ("input", "output"): raise ValueError(f"tracedict_config.retain must be 'input' or 'output', got {retain!r}")
+    layers = [layers] if isinstance(layers, int) else list(layers or [])
+    return [int(l) - (retain == "input") for l in layers], retain
+
+def check_read_point(glp, layer: int) -> Optional[int]:
+    "Raise when `glp` (loaded from the authors' layout) was trained on other activations than the OUTPUT of block `layer` (what a profile reads); for a multi-layer GLP, its `layer_idx` for them (also set as `glp.info['layer_idx']`)."
+    td = glp.info.get("tracedict")
+    if not td or td.get("layers") is None: return None   # no record of the read point (e.g. our own layout): nothing to check
+    blocks, retain = read_blocks(td)
+    if layer not in blocks:
+        raise ValueError(f"{glp.info.get('source')} ({glp.info.get('checkpoint')}) was trained on the {retain} of layer(s) {td['layers']} "
+                         f"(= the output of block(s) {blocks}), but this profile reads the output of block {layer}: "
+                         f"run with --set model.layer={blocks[0]}")
+    if not getattr(glp.denoiser, "n_llm_layers", 0): return None
+    glp.info["layer_idx"] = layer + (retain == "input")   # their layer index: the hooked layer module's
+    return glp.info["layer_idx"]
 
 # %% ../nbs/04_glp.ipynb #c046
 def load_authors_glp(folder_or_hub_id, checkpoint: str = "final", device="cpu") -> GLP:
-    "Load a GLP released by the authors (config.yaml + `<checkpoint>.safetensors` + rep_statistics.pt) into our modules."
+    "Load a GLP in the authors' layout (config.yaml + `<checkpoint>.safetensors` + rep_statistics.pt): a folder or hub id, checkpoint 'final', 'epoch_N', 'step_N'."
     from safetensors.torch import load_file
     folder = _resolve_folder(folder_or_hub_id, checkpoint)
-    cpath, spath, wpath = folder / "config.yaml", folder / "rep_statistics.pt", folder / f"{checkpoint}.safetensors"
-    for p in (cpath, spath): 
+    cpath, spath = folder / "config.yaml", folder / "rep_statistics.pt"
+    for p in (cpath, spath):
         if not p.exists(): raise FileNotFoundError(f"missing {p} (authors' layout: config.yaml, rep_statistics.pt, <name>.safetensors)")
-    if not wpath.exists():
-        have = sorted(str(q.relative_to(folder)) for q in folder.rglob("*.safetensors"))
-        raise FileNotFoundError(f"missing {wpath}; safetensors files here: {have}")
+    wpath = authors_ckpt_file(folder, checkpoint)
     c = _authors_config(cpath)
     mean, var = _authors_stats(spath)
     if mean.shape[-1] != c["d_input"]:
         raise ValueError(f"{spath}: 'mean' has shape {tuple(mean.shape)} but config.yaml says d_input={c['d_input']}")
+    n_ml = c["multi_layer_n_layers"]
+    if mean.ndim == 2 and mean.shape[0] != 1 and mean.shape[0] != n_ml:
+        raise ValueError(f"{spath}: per-layer statistics for {mean.shape[0]} layers, but config.yaml says multi_layer_n_layers={n_ml or None}")
     raw = load_file(str(wpath))
     prefix = next((p for p in AUTHORS_PREFIXES if all(k.startswith(p) for k in raw)), None)
     if prefix is None: raise KeyError(f"{wpath}: keys do not share a prefix in {AUTHORS_PREFIXES}: {sorted(raw)[:5]}")
-    km = authors_key_map(c["n_layers"], bool(c["multi_layer_n_layers"]))
+    km = authors_key_map(c["n_layers"], bool(n_ml))
     sd = {}
     for k, v in raw.items():
         name = k[len(prefix):]
         if name not in km: raise KeyError(f"{wpath}: unexpected weight {k!r} (not in the authors' layout for n_layers={c['n_layers']})")
         sd[km[name]] = v.float()
-    den = TransformerMLPDenoiser(c["d_input"], c["d_model"], c["d_mlp"], c["n_layers"], multi_layer=c["multi_layer_n_layers"])
-    glp = GLP(Normalizer(mean, var), den, GLPCfg(depth=c["n_layers"], d_model=c["d_model"], d_mlp=c["d_mlp"],
-                                                  multi_layer=bool(c["multi_layer_n_layers"])))
+    den = TransformerMLPDenoiser(c["d_input"], c["d_model"], c["d_mlp"], c["n_layers"], multi_layer=n_ml)
+    glp = GLP(Normalizer(mean, var), den, GLPCfg(depth=c["n_layers"], d_model=c["d_model"], d_mlp=c["d_mlp"], multi_layer=bool(n_ml)))
     sd["normalizer.mean"], sd["normalizer.var"] = glp.normalizer.mean, glp.normalizer.var
     theirs = {v: prefix + k for k, v in km.items()}
     missing = sorted(theirs[k] for k in set(glp.state_dict()) - set(sd))
     if missing: raise KeyError(f"{wpath}: missing weights {missing[:8]}")
     _check_state(glp, sd, wpath)
-    glp.info = dict(source=str(folder_or_hub_id), checkpoint=checkpoint, model_name=c["model_name"], tracedict=c["tracedict"])
+    blocks, retain = read_blocks(c["tracedict"])
+    name = str(wpath.relative_to(folder).with_suffix(""))
+    glp.info = dict(source=str(folder_or_hub_id), folder=str(folder), checkpoint=name, model_name=c["model_name"], tracedict=c["tracedict"],
+                    blocks=blocks, retain=retain, acts=authors_acts(wpath.stem, c["train"]))
     return glp.to(device).eval()
 
 # %% ../nbs/04_glp.ipynb #c048
-def save_authors_layout(glp: GLP, folder, name: str = "final", prefix: str = "model.") -> Path:
-    "Write `config.yaml`, `<name>.safetensors` (keys `model.*`) and `rep_statistics.pt` in the authors' released layout."
+def save_authors_layout(glp: GLP, folder, name: str = "final", prefix: str = "model.", config: Optional[dict] = None) -> Path:
+    "Write `config.yaml` (glp_kwargs + the top-level `config`), `<name>.safetensors` (keys `model.*`) and `rep_statistics.pt` in the authors' layout."
     import yaml
     from safetensors.torch import save_file
-    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    folder = Path(folder); (folder / name).parent.mkdir(parents=True, exist_ok=True)
     den = glp.denoiser
     inv = {v: k for k, v in authors_key_map(den.depth, bool(den.n_llm_layers)).items()}
     sd = {prefix + inv[k]: v.detach().cpu().contiguous() for k, v in glp.state_dict().items() if k in inv}
-    conf = dict(glp_kwargs=dict(normalizer_config=dict(rep_statistic="rep_statistics.pt"),
-                                denoiser_config=dict(d_input=den.d_input, d_model=den.d_model, d_mlp=den.d_mlp,
-                                                     n_layers=den.depth, multi_layer_n_layers=den.n_llm_layers or None)))
+    cfg = dict(config or {})
+    td = cfg.pop("tracedict_config", None)
+    gk = dict(normalizer_config=dict(rep_statistic="rep_statistics.pt"),
+              denoiser_config=dict(d_input=den.d_input, d_model=den.d_model, d_mlp=den.d_mlp, n_layers=den.depth,
+                                   multi_layer_n_layers=den.n_llm_layers or None))
+    if td: gk["tracedict_config"] = td
     with atomic_path(folder / f"{name}.safetensors") as tmp: save_file(sd, str(tmp))
     with atomic_path(folder / "rep_statistics.pt") as tmp:
         torch.save({"mean": glp.normalizer.mean.cpu(), "var": glp.normalizer.var.cpu()}, tmp)
-    with atomic_path(folder / "config.yaml") as tmp: Path(tmp).write_text(yaml.safe_dump(conf, sort_keys=False))
+    with atomic_path(folder / "config.yaml") as tmp: Path(tmp).write_text(yaml.safe_dump(dict(cfg, glp_kwargs=gk), sort_keys=False))
     return folder
+
+# %% ../nbs/04_glp.ipynb #c048b
+def model_card(meta: dict, ckpts: list) -> str:
+    "README.md of an exported GLP: YAML front matter (as hub model cards have) with the provenance `meta`, then a table of `ckpts` (name, acts, flops, val_loss)."
+    import yaml
+    front = dict(library_name="glp-nb", tags=["generative-latent-prior", "activation-diffusion", "flow-matching", "interpretability"])
+    if meta.get("base_model"): front["base_model"] = meta["base_model"]
+    front["glp"] = {k: v for k, v in meta.items() if k != "base_model"}
+    f = lambda v, s: "n/a" if v is None else format(v, s)
+    rows = "\n".join(f"| {c['name']} | {c['acts']:,} | {f(c['flops'], '.3g')} | {f(c['val_loss'], '.4f')} |" for c in ckpts)
+    return (f"---\n{yaml.safe_dump(front, sort_keys=False)}---\n\n# GLP of {meta['subject_model']}, output of block {meta['layer']}\n\n"
+            f"A Generative Latent Prior (flow-matching MLP denoiser over single-token residual-stream activations), trained with "
+            f"glp-nb and written in the layout of the authors' released GLPs (config.yaml, rep_statistics.pt, "
+            f"final.safetensors, checkpoints/epoch_N.safetensors with N x epoch_size activations seen).\n\n"
+            f"- subject model: {meta['subject_model']}; activations: output of block {meta['layer']} (`tracedict_config.retain: output`)\n"
+            f"- data: {meta.get('data')}\n- denoiser: {meta['params']:,} parameters (N), depth {meta['depth']}, d_model {meta['d_model']}, d_mlp {meta['d_mlp']}\n"
+            f"- final: {f(meta.get('acts'), ',')} activations (D), compute C = 6ND = {f(meta.get('flops'), '.3g')} FLOPs, "
+            f"held-out flow-matching loss {f(meta.get('val_loss'), '.4f')}\n\n"
+            f"| checkpoint | activations | C = 6ND (FLOPs) | held-out loss |\n|---|---|---|---|\n{rows}\n\n"
+            f"Load with glp-nb: `glp_nb.glp.load_authors_glp(folder, checkpoint='final')` (or `'epoch_N'`), or with the authors' "
+            f"`glp.denoiser.load_glp(folder, checkpoint='final')`.\n")
+
+def export_run(run_dir, out, meta: Optional[dict] = None, log=print) -> Path:
+    "Our GLP run `run_dir` (model.safetensors, ckpt_<acts>/, metrics.csv) -> `out` in the authors' layout, with its checkpoints as checkpoints/epoch_N and a model card."
+    from functools import reduce
+    from glp_nb.artefacts import list_ckpts, ckpt_acts
+    from glp_nb.downstream import ckpt_losses
+    from glp_nb.scaling import flops
+    run_dir, out = Path(run_dir), Path(out)
+    final, cks = load_glp(run_dir), list_ckpts(run_dir)
+    if not cks: raise FileNotFoundError(f"no checkpoints (ckpt_<acts>/) under {run_dir}: nothing to sweep; is it a finished run?")
+    acts = [ckpt_acts(c) for c in cks]
+    if 0 in acts or len(set(acts)) != len(acts): raise ValueError(f"{run_dir}: checkpoint activations {acts} must be distinct and > 0")
+    E = reduce(math.gcd, acts)    # one 'epoch' = E activations, so every checkpoint is epoch_{acts / E} exactly
+    glps = [load_glp(c) for c in cks]
+    for c, g in zip(cks, glps):
+        if not (torch.equal(g.normalizer.mean, final.normalizer.mean) and torch.equal(g.normalizer.var, final.normalizer.var)):
+            raise ValueError(f"{c} standardizes with other statistics than {run_dir / WEIGHTS}: not one run")
+    same = all(torch.equal(v, glps[-1].state_dict()[k]) for k, v in final.state_dict().items())
+    n_par = sum(p.numel() for p in final.denoiser.parameters())
+    mfile = run_dir / "metrics.csv"
+    losses = ckpt_losses(run_dir, acts).tolist() if mfile.exists() else [None] * len(acts)
+    meta = dict(meta or {})
+    train = dict(model_name=meta.get("base_model") or meta.get("subject_model"), train_dataset=meta.get("data"), epoch_size=E, num_epochs=max(acts) // E,
+                 save_epochs=[a // E for a in acts], use_bf16=False,
+                 tracedict_config=dict(layer_prefix="model.layers", layers=[meta["layer"]], retain="output") if meta.get("layer") is not None else None)
+    if not same: train.pop("num_epochs")   # final's activations are then unknown to a reader
+    rows = []
+    for c, a, g, l in pbar(total=len(cks), desc="export", unit="ckpt", iterable=list(zip(cks, acts, glps, losses))):
+        name = f"epoch_{a // E:04d}"
+        save_authors_layout(g, out, name=f"checkpoints/{name}", config=train)
+        rows.append(dict(name=name, acts=a, flops=float(flops(n_par, a)), val_loss=l))
+    save_authors_layout(final, out, name="final", config=train)
+    meta.update(params=n_par, depth=final.denoiser.depth, d_model=final.denoiser.d_model, d_mlp=final.denoiser.d_mlp, epoch_size=E,
+                acts=max(acts) if same else None, flops=rows[-1]["flops"] if same else None, val_loss=rows[-1]["val_loss"] if same else None,
+                checkpoints={r["name"]: r["acts"] for r in rows})
+    with atomic_path(out / "README.md") as tmp: Path(tmp).write_text(model_card(meta, rows))   # written last: the folder is complete
+    log(f"exported {run_dir} -> {out}: final + {len(rows)} checkpoints (epoch = {E:,} activations), model card README.md")
+    return out
+
+def export_glp(P, out, run: str = "main", log=print) -> Path:
+    "Export run `run` ('main', 'ladder_<i>') of profile `P` to `out` in the authors' layout, its model card filled from `P` (ready for `huggingface_hub.upload_folder`)."
+    from glp_nb.artefacts import glp_dir, layer_of, store_dir
+    from glp_nb.models import PACKAGED
+    name = P.model.name
+    origin = PACKAGED.get(name, {}).get("origin")
+    base = origin.split(" ")[0] if origin else (name if name.count("/") == 1 and not Path(name).exists() else None)
+    from glp_nb.core import data_dir
+    L, st = layer_of(P), store_dir(P, "train")
+    meta = dict(base_model=base, subject_model=name, layer=L, read=f"output of block {L}", profile=P.name, run=run,
+                data=f"corpus {P.corpus.source!r} (profile {P.name!r}), activation store {st.relative_to(data_dir()) if st.is_relative_to(data_dir()) else st}")
+    return export_run(glp_dir(P, run), out, meta, log=log)
 
 # %% ../nbs/04_glp.ipynb #c053a
 def subject_width(P) -> int:

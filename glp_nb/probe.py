@@ -32,9 +32,10 @@ PAPER_LLAMA8B = {"glp": 0.87, "sae": 0.76, "raw": 0.77, "mlp": 0.82}
 
 @torch.no_grad()
 def glp_features(glp, x, t: float = 0.1, seed: int = 42) -> np.ndarray:
-    "GLP meta-neurons [n, depth*d_mlp] of raw activations `x` at timestep `t` with noise from `seed`."
+    "GLP meta-neurons [n, depth*d_mlp] of raw activations `x` at timestep `t` with noise from `seed` (a multi-layer GLP reads its `info['layer_idx']`, set by `glp.check_read_point`)."
     x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
-    return glp.meta_neurons(x, t=t, seed=seed).float().cpu().numpy()
+    li = getattr(glp, "info", {}).get("layer_idx")
+    return glp.meta_neurons(x, t=t, seed=seed, **({} if li is None else dict(layer_idx=li))).float().cpu().numpy()
 
 @torch.no_grad()
 def sae_features(sae, x, chunk: int = 4096) -> np.ndarray:
@@ -359,7 +360,8 @@ def t_sweep(data: dict, res: pd.DataFrame, glp, cfg: ProbeCfg) -> dict:
 
 # %% ../nbs/10_probing.ipynb #p010
 def ckpt_runs(P: Profile) -> tuple[dict, bool]:
-    "(run name -> checkpoint folders, is it the ladder): the ladder rungs with checkpoints, else the main GLP's checkpoints."
+    "(run name -> checkpoints, is it the ladder): a released GLP's checkpoints when `P.scaling.released` is set, else the ladder rungs with checkpoints, else the main GLP's checkpoints."
+    if P.scaling.released: return artefacts.released_runs(P), False
     ladder = [artefacts.rung_dir(P, i) for i in range(len(P.scaling.widths)) if artefacts.list_ckpts(artefacts.rung_dir(P, i))]
     return ({p.name: artefacts.list_ckpts(p) for p in ladder} or {"main": artefacts.list_ckpts(artefacts.glp_dir(P))}), bool(ladder)
 
@@ -367,19 +369,20 @@ def _n_par(glp) -> int:
     "Parameters of a GLP's denoiser (N in C = 6 N D)."
     return sum(p.numel() for p in glp.denoiser.parameters())
 
-def scaling_points(runs: dict, data: dict, cfg: ProbeCfg, device="cpu") -> pd.DataFrame:
-    "Mean GLP test AUC (with CI) of every checkpoint in `runs`, with its parameters, activations seen and compute."
-    from glp_nb.glp import load_glp
+def scaling_points(runs: dict, data: dict, cfg: ProbeCfg, device="cpu", layer: Optional[int] = None) -> pd.DataFrame:
+    "Mean GLP test AUC (with CI) of every checkpoint in `runs` (ours or the authors' layout), with its parameters, activations seen and compute; `layer`: the block whose output `data` holds, checked against each GLP's read point."
+    from glp_nb.glp import check_read_point
     from glp_nb.scaling import flops
     rows = []
     bar = pbar(total=sum(map(len, runs.values())), desc="checkpoints", unit="ckpt")
     for run, cks in runs.items():
         for ck in cks:
-            gk = load_glp(ck, device=device)
+            gk = artefacts.load_ckpt(ck, device=device)
+            if layer is not None: check_read_point(gk, layer)
             n_par, acts = _n_par(gk), artefacts.ckpt_acts(ck)
             d = probe_tasks(data, cfg, glp=gk, dense=False, methods=("glp",), progress=False)
             mean, lo, hi = bootstrap_ci(d.test_auc.values, cfg.n_boot, cfg.seed)
-            rows.append(dict(run=run, ckpt=ck.name, acts=acts, params=n_par, flops=float(flops(n_par, acts)),
+            rows.append(dict(run=run, ckpt=artefacts.ckpt_label(ck), acts=acts, params=n_par, flops=float(flops(n_par, acts)),
                              depth=gk.denoiser.depth, d_model=gk.denoiser.d_model, mean_auc=mean, ci_low=lo, ci_high=hi))
             bar.update(1)
     bar.close()
@@ -549,8 +552,9 @@ def run_probing(P: Profile, llm=None, glp=None, sae=None, log=print) -> dict:
     log(f"timestep sweep took {tm.s:.1f} s: " + ", ".join(f"t={t}: {v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]" for t, v in ts["summary"].items()))
     from glp_nb.scaling import flops
     runs, ladder = ckpt_runs(P)
-    log("runs:", {k: len(v) for k, v in runs.items()}, "(ladder)" if ladder else "(no ladder: main GLP checkpoints)")
-    with timer() as tm: points = scaling_points(runs, data, cfg, llm.device)
+    source = f"released {P.scaling.released}" if P.scaling.released else "ladder" if ladder else "main checkpoints"
+    log("runs:", {k: len(v) for k, v in runs.items()}, f"({source})")
+    with timer() as tm: points = scaling_points(runs, data, cfg, llm.device, layer=llm.layer)
     sec["checkpoints"] = tm.s
     log(f"probed {len(points)} checkpoints in {tm.s:.1f} s")
     n_main = _n_par(glp)
@@ -560,7 +564,7 @@ def run_probing(P: Profile, llm=None, glp=None, sae=None, log=print) -> dict:
              max_rows=cfg.max_rows, max_len=cfg.max_len, classes={n: a["classes"] for n, a in data.items()},
              glp=dict(path=glp_path, depth=glp.denoiser.depth, d_mlp=glp.denoiser.d_mlp), sae_latents=sae.n_latents,
              check=check, results=res, **auc, blocks=blocks, t_sweep=ts,
-             scaling=dict(points=points, source="ladder" if ladder else "main checkpoints", main=main), seconds=sec)
+             scaling=dict(points=points, source=source, main=main), seconds=sec)
     r["figures"] = save_probing(r, P)
     sec["total"] = time.perf_counter() - t0
     return r
