@@ -407,7 +407,7 @@ PROFILES["gpu-quick-tiny"] = {**PROFILES["smoke"], "stages": PROFILES["gpu-quick
     "train": {**PROFILES["smoke"]["train"], "n_acts": 12_000},
     "scaling": {**PROFILES["smoke"]["scaling"], "n_acts": 8_192},
     "eval": {**PROFILES["smoke"]["eval"], "fd_n": 300, "dlm_docs": 4},
-    "steer": {**PROFILES["smoke"]["steer"], "rs": (1.0,), "n_prefixes": 2, "new_tokens": 4, "n_features": 1},
+    "steer": {**PROFILES["smoke"]["steer"], "rs": (1.5,), "n_prefixes": 2, "new_tokens": 4, "n_features": 1},
     "probe": {**PROFILES["smoke"]["probe"], "datasets": ("92_glue_sst2",), "max_rows": 120},
     "stream": dict(ring=2, shard_acts=2048, n_acts=8192, rung=0, batch_size=256, kills=())}
 
