@@ -35,11 +35,11 @@ def layer_of(P: Profile, llm=None) -> int:
 def store_dir(P: Profile, split: str, llm=None) -> Path:
     "The activation store folder of profile `P` and `split` ('train' | 'val')."
     if split not in ("train", "val"): raise ValueError(f"split must be 'train' or 'val', not {split!r}")
-    return data_dir() / "stores" / P.name / f"{model_slug(P.model.name)}-L{layer_of(P, llm)}" / split
+    return data_dir() / "stores" / (P.data or P.name) / f"{model_slug(P.model.name)}-L{layer_of(P, llm)}" / split
 
 def glp_dir(P: Profile, run: str = "main") -> Path:
     "Folder of the GLP trained under profile `P` by run `run` ('main', or 'ladder_<i>'): data_dir()/glps/<profile>/<run>."
-    return data_dir() / "glps" / P.name / run
+    return data_dir() / "glps" / (P.data or P.name) / run
 
 def rung_dir(P: Profile, i: int) -> Path:
     "Folder of ladder rung `i`: data_dir()/glps/<profile>/ladder_<i>."
@@ -47,7 +47,7 @@ def rung_dir(P: Profile, i: int) -> Path:
 
 def sae_dir(P: Profile, run: str = "main") -> Path:
     "Where the profile's SAE lives: data_dir()/saes/<profile>/<run>."
-    return data_dir() / "saes" / P.name / run
+    return data_dir() / "saes" / (P.data or P.name) / run
 
 def probe_cache(llm, name: str, cfg) -> Path:
     "Where the last-token activations of probing task `name` (rows and length of ProbeCfg `cfg`) are cached."

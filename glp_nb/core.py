@@ -277,12 +277,16 @@ class OODCfg:
     n_noise: int = 2                   # fixed noise draws per t
     t_project: float = 0.1             # t_start of the projection-distance score
     project_steps: int = 4             # Euler steps of that projection
-    ode_steps: int = 20                # Euler steps of the probability-flow likelihood
+    ode_steps: int = 20                # Euler steps (uniform in sqrt t) of the probability-flow likelihood
     hutch: int = 4                     # Hutchinson probes per ODE step (its variance against its cost)
     texts: int = 200                   # texts per benchmark set
     max_len: int = 64                  # tokens per text
-    alphas: tuple = (0.25, 0.5, 1.0, 2.0)   # sizes of the steering corruption, x the mean activation norm
+    alphas: tuple = (0.05, 0.1, 0.25, 0.5)   # sizes of the steering corruption, x the mean activation norm (a random direction saturates by 0.25)
     pca_k: int = 64                    # components kept by the PCA-residual baseline
+    sub_texts: Optional[int] = None    # texts per set for the ODE likelihood and the corrupted activations (None: min(texts, 24))
+    scale_texts: Optional[int] = None  # texts per benchmark in the checkpoint sweep (None: min(texts, 32))
+    scale_ckpts: int = 3               # checkpoints per run in the sweep (first, middle, last)
+    ref_rows: int = 10_000             # train-store rows the baselines are fitted on
     n_boot: int = 1000
     seed: int = 0
 
@@ -323,6 +327,7 @@ class Profile:
     bench: BenchCfg = field(default_factory=BenchCfg)
     threads: Optional[int] = None  # torch CPU threads; None = all cores
     stages: Optional[str] = None   # regex of the numbered notebooks this profile's chain runs (None = every stage)
+    data: Optional[str] = None     # name of the profile whose artefact folders (stores, GLPs, SAE) this one uses (None = its own)
 
 # %% ../nbs/00_core.ipynb #c008
 # cpu probing: one task per family of the SAE-Probes benchmark, short prompts preferred (10_probing explains the choice)
@@ -354,6 +359,7 @@ PROFILES = {
         synth=dict(d=64, rank=4, k=3, n_train=20_000, budgets=(4_096, 16_384), n_eval=256, exact_steps=200, n_boot=200),
         downstream=dict(dlm_docs=2, n_boot=100),
         recipe=dict(rung=0, n_acts=4_096, lrs=(1e-3, 1e-2), batch_sizes=(256,), n_boot=200, compile=False),
+        ood=dict(texts=8, max_len=16, ts=(0.1, 0.5, 0.9), n_noise=1, ode_steps=4, hutch=1, alphas=(0.1, 0.5), pca_k=16, n_boot=200, ref_rows=4000),
     ),
     "cpu": dict(
         harvest=dict(max_len=1024, train_acts=1_050_000, val_acts=60_000),
@@ -368,6 +374,7 @@ PROFILES = {
                    context_docs=40, scaling_prefixes=12, scaling_ckpts=2),  # 09: 20-minute share, see 09_steering's sizing note
         recipe=dict(n_acts=300_000, lrs=(3e-3, 1e-2, 3e-2)),   # 15: ~8 minutes; the best lr per rung, for ScalingCfg.lrs
         diag=dict(n_acts=256, stepwise_prefixes=16, steer_ts=(0.1, 0.5), sweep_rs=(1.0, 2.0), sweep_prefixes=16),  # 12: ~20 minutes
+        ood=dict(texts=40, max_len=24, n_noise=1, ode_steps=8, hutch=1, alphas=(0.05, 0.1, 0.25), sub_texts=20, scale_texts=16),  # 18: ~6 min loaded
     ),
     # one H200 for one 10-minute device window (issue 14): harvest in bf16, a streamed GLP, a ladder up to ~100x the cpu chain's
     # largest GLP compute (C = 6 N D: 84M params x 30M activations vs 11M x 2M), then ΔLM, steering and probing. Sized by estimate
@@ -400,13 +407,11 @@ PROFILES = {
     ),
 }
 
-# gpu-quick's twin for CPUs: the same stages end to end at tiny sizes (tested by `make test`), in fp32 since bf16 compute
-# crashes these CPUs; the rest is the smoke profile's, smaller where a stage would dominate.
-PROFILES["gpu-quick-tiny"] = {**PROFILES["smoke"], "stages": PROFILES["gpu-quick"]["stages"], "model": dict(dtype="float32"),
-    "harvest": {**PROFILES["smoke"]["harvest"], "train_acts": 12_000, "val_acts": 2_000},
-    "train": {**PROFILES["smoke"]["train"], "n_acts": 12_000},
-    "scaling": {**PROFILES["smoke"]["scaling"], "n_acts": 8_192},
-    "eval": {**PROFILES["smoke"]["eval"], "fd_n": 300, "dlm_docs": 4},
+# gpu-quick's twin for CPUs: the same stages end to end, at the smoke profile's sizes and in fp32 (bf16 compute crashes these
+# CPUs), with smaller evaluations. It keeps its artefacts where smoke does (`data`): after a smoke chain it reuses smoke's
+# stores, GLPs and SAE, which have the same settings (each is reused only when its recorded settings match), as `make test` does.
+PROFILES["gpu-quick-tiny"] = {**PROFILES["smoke"], "stages": PROFILES["gpu-quick"]["stages"], "data": "smoke", "model": dict(dtype="float32"),
+    "eval": {**PROFILES["smoke"]["eval"], "fd_n": 300, "fd_steps": (1, 4), "dlm_docs": 2},
     "steer": {**PROFILES["smoke"]["steer"], "rs": (1.5,), "n_prefixes": 2, "new_tokens": 4, "n_features": 1},
     "probe": {**PROFILES["smoke"]["probe"], "datasets": ("92_glue_sst2",), "max_rows": 120},
     "stream": dict(ring=2, shard_acts=2048, n_acts=8192, rung=0, batch_size=256, kills=())}
@@ -466,7 +471,8 @@ _RULES = {
     "multi": dict(train_acts="positive", val_acts="positive", n_acts="positive", d_model="positive", d_mlp="positive", depth="positive",
                   lr="positive", batch_size="positive", fd_n="positive"),
     "ood": dict(n_noise="positive", t_project="t", project_steps="positive", ode_steps="positive", hutch="positive", texts="positive",
-                max_len="positive", pca_k="positive", n_boot="positive"),
+                max_len="positive", pca_k="positive", n_boot="positive", sub_texts="positive", scale_texts="positive",
+                scale_ckpts="positive", ref_rows="positive"),
     "bench": dict(reps="positive", harvest_tokens="positive", train_steps="positive", gen_tokens="positive", sae_steps="positive"),
 }
 _CHOICES = {("project", "grid"): ("ours", "authors"), ("train", "t_dist"): ("uniform", "logit_normal"), ("model", "dtype"): ("float32", "bfloat16", "float16")}
