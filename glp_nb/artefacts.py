@@ -10,9 +10,9 @@ from typing import Optional
 from .core import Profile, data_dir, load_json, save_json, settings_match
 
 # %% auto #0
-__all__ = ['model_slug', 'layer_of', 'store_dir', 'glp_dir', 'rung_dir', 'sae_dir', 'probe_cache', 'ckpt_name', 'authors_root',
-           'ckpt_acts', 'ckpt_label', 'list_ckpts', 'load_ckpt', 'glp_ckpts', 'ladder_runs', 'released_runs',
-           'open_stores', 'main_glp_dir', 'load_main_glp', 'load_main_sae', 'reuse', 'record']
+__all__ = ['model_slug', 'layer_of', 'store_dir', 'glp_dir', 'rung_dir', 'sae_dir', 'multi_dir', 'probe_cache', 'ckpt_name',
+           'authors_root', 'ckpt_acts', 'ckpt_label', 'list_ckpts', 'load_ckpt', 'glp_ckpts', 'ladder_runs',
+           'released_runs', 'open_stores', 'main_glp_dir', 'load_main_glp', 'load_main_sae', 'reuse', 'record']
 
 # %% ../nbs/artefacts.ipynb #a006
 def model_slug(name: str) -> str:
@@ -48,6 +48,10 @@ def rung_dir(P: Profile, i: int) -> Path:
 def sae_dir(P: Profile, run: str = "main") -> Path:
     "Where the profile's SAE lives: data_dir()/saes/<profile>/<run>."
     return data_dir() / "saes" / (P.data or P.name) / run
+
+def multi_dir(P: Profile, model: str, layers) -> Path:
+    "Folder of 17_multilayer's store and GLPs for `model` and blocks `layers`: data_dir()/multi/<profile>/<model>-L<l1>-<l2>..."
+    return data_dir() / "multi" / (P.data or P.name) / f"{model_slug(model)}-L{'-'.join(map(str, layers))}"
 
 def probe_cache(llm, name: str, cfg) -> Path:
     "Where the last-token activations of probing task `name` (rows and length of ProbeCfg `cfg`) are cached."

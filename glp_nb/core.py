@@ -268,6 +268,9 @@ class MultiCfg:
     lr: Optional[float] = None         # None = TrainCfg.lr
     batch_size: Optional[int] = None   # None = TrainCfg.batch_size
     fd_n: int = 2000                   # samples per layer for the per-layer Frechet distance
+    probe_tasks: int = 2               # the first tasks of ProbeCfg.datasets probed at each layer
+    probe_rows: int = 200              # class-balanced prompts per probing task (below 200 rows, half are the test set)
+    bench_tokens: int = 1024           # tokens timed per method in the one-forward vs per-layer harvest benchmark
     seed: int = 0
 
 @dataclass
@@ -359,6 +362,8 @@ PROFILES = {
         synth=dict(d=64, rank=4, k=3, n_train=20_000, budgets=(4_096, 16_384), n_eval=256, exact_steps=200, n_boot=200),
         downstream=dict(dlm_docs=2, n_boot=100),
         recipe=dict(rung=0, n_acts=4_096, lrs=(1e-3, 1e-2), batch_sizes=(256,), n_boot=200, compile=False),
+        multi=dict(layers=(4, 8), train_acts=1024, val_acts=256, n_acts=8192, d_model=64, d_mlp=128, depth=1, lr=3e-3, batch_size=256, fd_n=128,
+                   probe_tasks=1, probe_rows=60, bench_tokens=128),
         ood=dict(texts=8, max_len=16, ts=(0.1, 0.5, 0.9), n_noise=1, ode_steps=4, hutch=1, alphas=(0.1, 0.5), pca_k=16, n_boot=200, ref_rows=4000),
     ),
     "cpu": dict(
@@ -374,6 +379,8 @@ PROFILES = {
                    context_docs=40, scaling_prefixes=12, scaling_ckpts=2),  # 09: 20-minute share, see 09_steering's sizing note
         recipe=dict(n_acts=300_000, lrs=(3e-3, 1e-2, 3e-2)),   # 15: ~8 minutes; the best lr per rung, for ScalingCfg.lrs
         diag=dict(n_acts=256, stepwise_prefixes=16, steer_ts=(0.1, 0.5), sweep_rs=(1.0, 2.0), sweep_prefixes=16),  # 12: ~20 minutes
+        multi=dict(layers=(2, 5, 8, 11), train_acts=16_384, val_acts=4_096, n_acts=200_000, d_model=256, d_mlp=512, depth=2, lr=3e-3,
+                   batch_size=1024, fd_n=1000),   # 17: blocks around the read layer 8; ~11 min loaded, most of it the harvest
         ood=dict(texts=40, max_len=24, n_noise=1, ode_steps=8, hutch=1, alphas=(0.05, 0.1, 0.25), sub_texts=20, scale_texts=16),  # 18: ~6 min loaded
     ),
     # one H200 for one 10-minute device window (issue 14): harvest in bf16, a streamed GLP, a ladder up to ~100x the cpu chain's
@@ -469,7 +476,7 @@ _RULES = {
     "stream": dict(ring="positive", shard_acts="positive", n_acts="positive", passes="positive", world="positive", rung="nonneg",
                    batch_size="positive", lr="positive", poll="positive"),
     "multi": dict(train_acts="positive", val_acts="positive", n_acts="positive", d_model="positive", d_mlp="positive", depth="positive",
-                  lr="positive", batch_size="positive", fd_n="positive"),
+                  lr="positive", batch_size="positive", fd_n="positive", probe_tasks="positive", probe_rows="positive", bench_tokens="positive"),
     "ood": dict(n_noise="positive", t_project="t", project_steps="positive", ode_steps="positive", hutch="positive", texts="positive",
                 max_len="positive", pca_k="positive", n_boot="positive", sub_texts="positive", scale_texts="positive",
                 scale_ckpts="positive", ref_rows="positive"),

@@ -359,14 +359,16 @@ def _open(out: Path, want: dict, threads: int, device: str, log) -> tuple[dict, 
 
 # %% ../nbs/03_harvest.ipynb #c034
 def harvest(llm: LLM, docs_iter: Iterable[tuple[str, str]], out, cfg: HarvestCfg, n_acts: int, split: Optional[str] = None,
-            corpus: Optional[dict] = None, verbose: bool = True) -> Store:
-    "Harvest block-L activations of `(doc_id, text)` documents into the store at `out` until `n_acts` rows; resumable."
+            corpus: Optional[dict] = None, verbose: bool = True, fwd=None, extra: Optional[dict] = None) -> Store:
+    """Harvest block-L activations of `(doc_id, text)` documents into the store at `out` until `n_acts` rows; resumable.
+    `fwd(llm, ids, mask) -> [b, s, llm.d]` replaces `forward_to_layer` (17_multilayer: several layers in one row) and
+    `extra` adds entries to the recorded settings, which a resumed harvest must match too."""
     out = Path(out)
-    with writer_lock(out): return _harvest(llm, docs_iter, out, cfg, n_acts, split, corpus, verbose)
+    with writer_lock(out): return _harvest(llm, docs_iter, out, cfg, n_acts, split, corpus, verbose, fwd, extra)
 
-def _harvest(llm, docs_iter, out: Path, cfg: HarvestCfg, n_acts: int, split, corpus, verbose) -> Store:
+def _harvest(llm, docs_iter, out: Path, cfg: HarvestCfg, n_acts: int, split, corpus, verbose, fwd=None, extra=None) -> Store:
     log = print if verbose else (lambda *a: None)
-    want = settings(llm, cfg, n_acts, split, corpus)
+    want = settings(llm, cfg, n_acts, split, corpus) | dict(extra or {})
     m, mom = _open(out, want, torch.get_num_threads(), llm.device.type, log)
     if m["complete"]: return Store(out, d=llm.d)
     t0, tok0 = time.perf_counter(), m["tokens"]
@@ -398,7 +400,7 @@ def _harvest(llm, docs_iter, out: Path, cfg: HarvestCfg, n_acts: int, split, cor
                 commit("docs_exhausted"); break
             dids, texts = zip(*block)
             ids = encode(llm, list(texts), cfg.max_len)
-            u16 = block_acts(llm, ids, cfg.batch_tokens, doc_ids=list(dids))
+            u16 = block_acts(llm, ids, cfg.batch_tokens, doc_ids=list(dids), fwd=fwd)
             ntok = sum(len(x) for x in ids)
             pend.append(u16); pend_rows += len(u16); pend_docs += len(block); pend_tok += ntok
             m["blocks"] += 1; m["docs"] += len(block); m["tokens"] += ntok; m["rows"] += len(u16)
