@@ -9,9 +9,9 @@ from pathlib import Path
 from .core import PROFILES, get_profile, repo_root, run_dir, fig_dir, save_json, load_json, git_rev, lookup, atomic_path
 
 # %% auto #0
-__all__ = ['LIB_DIRECTIVES', 'STAGE_WORK', 'H200_BF16_PEAK', 'chain', 'chain_cells', 'Progress', 'notebooks_dir', 'parse_sets',
-           'StageFailed', 'failure_message', 'run_chain', 'render_gallery', 'Fig', 'render_results', 'render_holds',
-           'render_timings', 'update_readme', 'gpu_summary', 'pack', 'unpack', 'finish', 'main']
+__all__ = ['LIB_DIRECTIVES', 'OOD_NAMES', 'STAGE_WORK', 'H200_BF16_PEAK', 'chain', 'chain_cells', 'Progress', 'notebooks_dir',
+           'parse_sets', 'StageFailed', 'failure_message', 'run_chain', 'render_gallery', 'Fig', 'render_results',
+           'render_holds', 'render_timings', 'update_readme', 'gpu_summary', 'pack', 'unpack', 'finish', 'main']
 
 # %% ../nbs/cli.ipynb #c005
 def chain(nbs: Path, only: str | None = None) -> list[Path]:
@@ -303,7 +303,38 @@ def render_results(figs: Path) -> str:
         n_tasks = len({r["dataset"] for r in pa["per_dataset"]})
         out.append(f"**1-D probing**, mean test AUC over {n_tasks} tasks [95% bootstrap CI]\n\n"
                    "| features | ours | paper (Llama-3.2-1B) |\n|---|---|---|\n" + rows)
+    out += [t for t in (_ood_rows(Fig(figs, "ood_detection")), _multi_rows(Fig(figs, "multilayer"))) if t]
     return "\n".join(out)
+
+OOD_NAMES = dict(glp_fm="GLP flow loss", glp_proj="GLP projection", glp_nll="GLP ODE NLL", mahalanobis="Mahalanobis", sae="SAE error",
+                 pca="PCA residual")
+
+def _ood_rows(od) -> str:
+    "18_ood: per-text AUROC [95% CI] of each score on each benchmark, its cost per token, and the compute sweep's endpoints."
+    if not od: return ""
+    ms = list(od["cost.methods"])
+    rows = "".join(f"| {b} | " + " | ".join(f"{v[m]['auc']:.3f} [{v[m]['lo']:.2f}, {v[m]['hi']:.2f}]" if m in v else "" for m in ms) + " |\n"
+                   for b, v in od["auc"].items())
+    cost = "| cost per token (× one LLM forward) | " + " | ".join(f"{od['cost.methods'][m]['vs_llm']:.3g}" for m in ms) + " |\n"
+    sw, best = od["sweep"], od["sweep.best_baseline"]
+    pts = sw["points"]
+    return (f"**Off-manifold detection** (18_ood): per-text AUROC [95% CI], in-distribution held-out text against each benchmark\n\n"
+            "| benchmark | " + " | ".join(OOD_NAMES.get(m, m) for m in ms) + " |\n|---" + "|---" * len(ms) + "|\n" + rows + cost +
+            f"\nWith GLP compute ({len(pts)} ladder checkpoints, {sw['texts']} texts per benchmark): the projection score's mean AUROC goes "
+            f"from {pts[0]['glp_proj']:.3f} ({pts[0]['flops']:.1e} FLOPs) to {pts[-1]['glp_proj']:.3f} ({pts[-1]['flops']:.1e}); the main GLP "
+            f"({sw['main']['flops']:.1e}) reaches {sw['main']['glp_proj']:.3f}, against {sw['baselines'][best]:.3f} for the best baseline "
+            f"({OOD_NAMES.get(best, best)}) on the same texts.\n")
+
+def _multi_rows(ml) -> str:
+    "17_multilayer: held-out loss, FD and mean probing AUC per layer of the multi-layer GLP and its comparisons."
+    if not ml: return ""
+    rows = "".join(f"| {r['model']} | {r['layer']} | {r['heldout']:.3f} | {r['const']:.3f} | {r['fd_std']:.0f} | {r['auc_mean']:.2f} |\n"
+                   if r.get("heldout") is not None else f"| {r['model']} | {r['layer']} | | | | {r['auc_mean']:.2f} |\n" for r in ml["table"])
+    hb = ml["harvest_bench"]
+    return (f"**Multi-layer GLP** (17_multilayer): one GLP for blocks {', '.join(map(str, ml['layers']))} ({ml['sizes.params']:,} parameters, "
+            f"{ml['sizes.n_acts']:,} (token, layer) pairs); the one-forward harvest of all its layers runs {hb['ratio']:.2f}× faster than a "
+            f"forward per layer (block count predicts {hb['expected_ratio']:.2f}×).\n\n| model | block | held-out loss | constant | FD (std) | mean probing AUC |\n"
+            "|---|---|---|---|---|---|\n" + rows)
 
 def _sig(lo: float, hi: float, yes: str, no: str, none: str = "no significant difference") -> str:
     "The verdict of a 95% CI of (ours - theirs): `yes` when it lies above 0, `no` below, else `none`."
