@@ -247,7 +247,9 @@ class StreamCfg:
     n_acts: Optional[int] = None       # activations harvested per pass (None = HarvestCfg.train_acts)
     passes: int = 1                    # passes over the stream (each shard trained on exactly once per pass)
     keep: bool = False                 # keep shards after they are trained on (else released, which frees a ring slot)
-    world: int = 1                     # trainer processes, each over disjoint shards
+    world: int = 1                     # trainer processes; only 1 is implemented (16_stream raises otherwise)
+    source: str = "harvest"            # 'harvest' (the subject LLM: the real stream) or 'store' (replay the stored train store: no LLM)
+    block_docs: Optional[int] = None   # documents per harvest block (None = about one shard at max_len, at most HarvestCfg.block_docs)
     rung: Optional[int] = 1            # GLP shape: this ScalingCfg.widths rung (None = the main GLP's shape)
     batch_size: int = 1024
     lr: Optional[float] = None         # None = the rung's lr (scaling.rung_lr), or TrainCfg.lr for the main shape
@@ -362,6 +364,7 @@ PROFILES = {
         synth=dict(d=64, rank=4, k=3, n_train=20_000, budgets=(4_096, 16_384), n_eval=256, exact_steps=200, n_boot=200),
         downstream=dict(dlm_docs=2, n_boot=100),
         recipe=dict(rung=0, n_acts=4_096, lrs=(1e-3, 1e-2), batch_sizes=(256,), n_boot=200, compile=False),
+        stream=dict(source="store", ring=3, shard_acts=2048, n_acts=10_000, passes=2, batch_size=512, kills=(0.5,)),
         multi=dict(layers=(4, 8), train_acts=1024, val_acts=256, n_acts=8192, d_model=64, d_mlp=128, depth=1, lr=3e-3, batch_size=256, fd_n=128,
                    probe_tasks=1, probe_rows=60, bench_tokens=128),
         ood=dict(texts=8, max_len=16, ts=(0.1, 0.5, 0.9), n_noise=1, ode_steps=4, hutch=1, alphas=(0.1, 0.5), pca_k=16, n_boot=200, ref_rows=4000),
@@ -379,6 +382,7 @@ PROFILES = {
                    context_docs=40, scaling_prefixes=12, scaling_ckpts=2),  # 09: 20-minute share, see 09_steering's sizing note
         recipe=dict(n_acts=300_000, lrs=(3e-3, 1e-2, 3e-2)),   # 15: ~8 minutes; the best lr per rung, for ScalingCfg.lrs
         diag=dict(n_acts=256, stepwise_prefixes=16, steer_ts=(0.1, 0.5), sweep_rs=(1.0, 2.0), sweep_prefixes=16),  # 12: ~20 minutes
+        stream=dict(n_acts=16_384, shard_acts=2048, ring=3),   # 16: harvest-bound, ~4 min
         multi=dict(layers=(2, 5, 8, 11), train_acts=16_384, val_acts=4_096, n_acts=200_000, d_model=256, d_mlp=512, depth=2, lr=3e-3,
                    batch_size=1024, fd_n=1000),   # 17: blocks around the read layer 8; ~11 min loaded, most of it the harvest
         ood=dict(texts=40, max_len=24, n_noise=1, ode_steps=8, hutch=1, alphas=(0.05, 0.1, 0.25), sub_texts=20, scale_texts=16),  # 18: ~6 min loaded
@@ -474,7 +478,7 @@ _RULES = {
     "downstream": dict(dlm_docs="positive", n_boot="positive"),
     "recipe": dict(rung="nonneg", n_acts="positive", n_boot="positive", speed_rounds="positive", speed_steps="positive"),
     "stream": dict(ring="positive", shard_acts="positive", n_acts="positive", passes="positive", world="positive", rung="nonneg",
-                   batch_size="positive", lr="positive", poll="positive"),
+                   batch_size="positive", lr="positive", poll="positive", block_docs="positive"),
     "multi": dict(train_acts="positive", val_acts="positive", n_acts="positive", d_model="positive", d_mlp="positive", depth="positive",
                   lr="positive", batch_size="positive", fd_n="positive", probe_tasks="positive", probe_rows="positive", bench_tokens="positive"),
     "ood": dict(n_noise="positive", t_project="t", project_steps="positive", ode_steps="positive", hutch="positive", texts="positive",
@@ -482,7 +486,7 @@ _RULES = {
                 scale_ckpts="positive", ref_rows="positive"),
     "bench": dict(reps="positive", harvest_tokens="positive", train_steps="positive", gen_tokens="positive", sae_steps="positive"),
 }
-_CHOICES = {("project", "grid"): ("ours", "authors"), ("train", "t_dist"): ("uniform", "logit_normal"), ("model", "dtype"): ("float32", "bfloat16", "float16")}
+_CHOICES = {("stream", "source"): ("harvest", "store"), ("project", "grid"): ("ours", "authors"), ("train", "t_dist"): ("uniform", "logit_normal"), ("model", "dtype"): ("float32", "bfloat16", "float16")}
 
 def _typed(v, tp, name: str):
     "`v` checked against annotation `tp` (lists become tuples for tuple fields); a TypeError naming `name` otherwise."
