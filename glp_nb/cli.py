@@ -303,7 +303,8 @@ def render_results(figs: Path) -> str:
         n_tasks = len({r["dataset"] for r in pa["per_dataset"]})
         out.append(f"**1-D probing**, mean test AUC over {n_tasks} tasks [95% bootstrap CI]\n\n"
                    "| features | ours | paper (Llama-3.2-1B) |\n|---|---|---|\n" + rows)
-    out += [t for t in (_ood_rows(Fig(figs, "ood_detection")), _multi_rows(Fig(figs, "multilayer"))) if t]
+    out += [t for t in (_stream_rows(Fig(figs, "stream")), _multi_rows(Fig(figs, "multilayer")), _ood_rows(Fig(figs, "ood_detection")),
+                        _bench_rows(Fig(figs, "benchmarks"))) if t]
     return "\n".join(out)
 
 OOD_NAMES = dict(glp_fm="GLP flow loss", glp_proj="GLP projection", glp_nll="GLP ODE NLL", mahalanobis="Mahalanobis", sae="SAE error",
@@ -324,6 +325,27 @@ def _ood_rows(od) -> str:
             f"from {pts[0]['glp_proj']:.3f} ({pts[0]['flops']:.1e} FLOPs) to {pts[-1]['glp_proj']:.3f} ({pts[-1]['flops']:.1e}); the main GLP "
             f"({sw['main']['flops']:.1e}) reaches {sw['main']['glp_proj']:.3f}, against {sw['baselines'][best]:.3f} for the best baseline "
             f"({OOD_NAMES.get(best, best)}) on the same texts.\n")
+
+def _bench_rows(b) -> str:
+    "19_benchmarks: each hot path against its limit, and each old path against the current one, timed in one process."
+    if not b: return ""
+    m = b["machine"]
+    lim = "".join(f"| {k} | {v:.0%} |\n" for k, v in b["limits"].items())
+    rat = "".join(f"| {k} | {v['before']} → {v['after']} | {v['before_value']:,.0f} → {v['after_value']:,.0f} {v['unit']} | {v['ratio']:.2f}× |\n"
+                  for k, v in b["ratios"].items())
+    return (f"**Hot paths against their limits** (19_benchmarks; {m['cpu']}, {m['threads']} thread(s) of {m['cpus']} cores, load "
+            f"{m['load_avg_1m']:.1f} at the start; the limits use the fp32 matmul rate measured in the same rounds)\n\n"
+            "| path | share of its limit |\n|---|---|\n" + lim +
+            "\n| change | old → current | measured | ratio |\n|---|---|---|---|\n" + rat)
+
+def _stream_rows(st) -> str:
+    "16_stream: row accounting after the kills, the ring's disk high-water mark against K, and who waited for whom."
+    if not st: return ""
+    a, pr, tr = st["accounting"], st["producer"], st["trainer"]
+    return (f"**Streaming** (16_stream, source '{st['source']}'): {a['rows_trained']:,} rows trained of {a['rows_expected']:,} expected, "
+            f"{a['rows_lost']} lost, {a['rows_duplicated']} duplicated, after {len(st['kills'])} SIGKILLs of producer and trainer; the ring held at most "
+            f"{pr['max_ring_shards']} shard(s), {pr['max_ring_bytes'] / 2**20:.1f} MiB (K = {st['ring']}); idle: producer {pr['idle_frac']:.0%}, "
+            f"trainer {tr['idle_frac']:.0%}; {st['vs_stored.equal']} of {st['vs_stored.shards']} shards bit-identical to the stored harvest's rows.\n")
 
 def _multi_rows(ml) -> str:
     "17_multilayer: held-out loss, FD and mean probing AUC per layer of the multi-layer GLP and its comparisons."
@@ -470,7 +492,7 @@ STAGE_WORK = {   # what each stage of the chain does, for the README's runtime t
     "14_downstream": "downstream metrics of every checkpoint against compute and loss", "15_recipe": "training changes at equal compute",
     "16_stream": "harvest and training as two processes over a bounded ring of shards, with kills",
     "17_multilayer": "one layer-conditioned GLP for several layers", "18_ood": "the GLP as a detector of off-manifold activations",
-    "19_benchmarks": "each hot path against its limit"}
+    "19_benchmarks": "each hot path against its limit, and old paths against current ones"}
 
 def render_timings(timings: Path) -> str:
     "The README's runtime table from a chain's `chain_timings.json`: minutes and share of every stage, and the total."

@@ -298,11 +298,13 @@ class OODCfg:
 @dataclass
 class BenchCfg:
     "19_benchmarks: each hot path timed against its limit, in the same process."
-    reps: int = 5                      # timed repetitions per measurement (the median is reported)
-    harvest_tokens: int = 8192         # tokens per harvest timing
-    train_steps: int = 20              # GLP training steps per timing
-    gen_tokens: int = 16               # generated tokens per generation timing
-    sae_steps: int = 20                # SAE training steps per timing
+    reps: int = 5                      # interleaved rounds of old path / current path per measurement (medians are reported)
+    harvest_tokens: int = 4096         # tokens per harvest method, split over the rounds
+    train_steps: int = 6               # GLP training steps per method, split over the rounds
+    gen_tokens: int = 12               # generated tokens per generation method, split over the rounds
+    sae_steps: int = 12                # SAE training steps per method, split over the rounds
+    rows: Optional[int] = None         # prompts per generation batch (None = min(8, SteerCfg.n_prefixes))
+    matmul_s: Optional[float] = None   # seconds of the matmul reference per round (None = min(1, harvest_tokens / 4096))
     seed: int = 0
 
 @dataclass
@@ -364,6 +366,7 @@ PROFILES = {
         synth=dict(d=64, rank=4, k=3, n_train=20_000, budgets=(4_096, 16_384), n_eval=256, exact_steps=200, n_boot=200),
         downstream=dict(dlm_docs=2, n_boot=100),
         recipe=dict(rung=0, n_acts=4_096, lrs=(1e-3, 1e-2), batch_sizes=(256,), n_boot=200, compile=False),
+        bench=dict(reps=2, harvest_tokens=512, train_steps=2, gen_tokens=2, sae_steps=2),
         stream=dict(source="store", ring=3, shard_acts=2048, n_acts=10_000, passes=2, batch_size=512, kills=(0.5,)),
         multi=dict(layers=(4, 8), train_acts=1024, val_acts=256, n_acts=8192, d_model=64, d_mlp=128, depth=1, lr=3e-3, batch_size=256, fd_n=128,
                    probe_tasks=1, probe_rows=60, bench_tokens=128),
@@ -484,7 +487,8 @@ _RULES = {
     "ood": dict(n_noise="positive", t_project="t", project_steps="positive", ode_steps="positive", hutch="positive", texts="positive",
                 max_len="positive", pca_k="positive", n_boot="positive", sub_texts="positive", scale_texts="positive",
                 scale_ckpts="positive", ref_rows="positive"),
-    "bench": dict(reps="positive", harvest_tokens="positive", train_steps="positive", gen_tokens="positive", sae_steps="positive"),
+    "bench": dict(reps="positive", harvest_tokens="positive", train_steps="positive", gen_tokens="positive", sae_steps="positive",
+                  rows="positive", matmul_s="positive"),
 }
 _CHOICES = {("stream", "source"): ("harvest", "store"), ("project", "grid"): ("ours", "authors"), ("train", "t_dist"): ("uniform", "logit_normal"), ("model", "dtype"): ("float32", "bfloat16", "float16")}
 

@@ -18,7 +18,7 @@ from .artefacts import sae_dir, reuse, record
 from .stats import standardize
 
 # %% auto #0
-__all__ = ['TopKSAE', 'sae_loss', 'train_sae', 'save_sae', 'sae_ready', 'load_sae', 'sae_metrics', 'run_sae']
+__all__ = ['TopKSAE', 'sae_loss', 'sae_loss_dense', 'train_sae', 'save_sae', 'sae_ready', 'load_sae', 'sae_metrics', 'run_sae']
 
 # %% ../nbs/06_sae.ipynb #c006
 class TopKSAE(nn.Module):
@@ -75,12 +75,50 @@ def _fvu(err, x):
     "Squared error over the variance of `x` around its batch mean (both summed)."
     return err.pow(2).sum() / (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
 
+class _TopKEncode(torch.autograd.Function):
+    """(v, i, va, ia): the top `k` encoder pre-activations of centred input `xc` (values, latent indices) and, with `ka` > 0,
+    the top `ka` among the `dead` latents. Gradients flow only through the selected entries (sparse backward)."""
+    @staticmethod
+    def forward(ctx, xc, W, b, k: int, dead, ka: int):
+        pre = torch.addmm(b, xc, W.T)                   # [n, n_latents], no graph kept: only n*(k+ka) entries get gradients
+        v, i = pre.topk(k, dim=-1)
+        if ka: va, ia = pre.masked_fill_(~dead, float("-inf")).topk(ka, dim=-1)
+        else: va, ia = v.new_zeros(len(xc), 0), i.new_zeros(len(xc), 0)
+        ctx.save_for_backward(xc, W, torch.cat([i, ia], 1)); ctx.mark_non_differentiable(i, ia)
+        return v, i, va, ia
+
+    @staticmethod
+    def backward(ctx, gv, gi, gva, gia):
+        xc, W, idx = ctx.saved_tensors
+        g = torch.cat([gv, gva], 1)
+        gx = F.embedding_bag(idx, W, per_sample_weights=g, mode="sum") if ctx.needs_input_grad[0] else None   # g @ W, sparse
+        flat, gf = idx.reshape(-1), g.reshape(-1)
+        order = flat.argsort()                          # bag j = the (row, weight) pairs that selected latent j
+        rows = torch.arange(len(xc), device=xc.device).repeat_interleave(idx.shape[1])[order]
+        counts = torch.bincount(flat, minlength=W.shape[0])
+        gW = F.embedding_bag(rows, xc, counts.cumsum(0) - counts, per_sample_weights=gf[order], mode="sum")  # g^T @ xc, sparse
+        gb = torch.zeros(W.shape[0], dtype=g.dtype, device=g.device).index_add_(0, flat, gf)
+        return gx, gW, gb, None, None, None
+
 def sae_loss(sae: TopKSAE, xn, dead=None, aux_k: int = 256):
     "(fvu, aux_fvu, active indices) for standardized batch `xn`; aux_fvu is 0 when no latent is `dead`."
+    ka = min(aux_k, int(dead.sum())) if dead is not None else 0
+    v, i, va, ia = _TopKEncode.apply(xn - sae.b_pre, sae.W_enc, sae.b_enc, sae.k, dead, ka)
+    v = v.relu()
+    # decode only the k active rows: embedding_bag sums v-weighted decoder rows (the dense z @ W_dec, without the zeros)
+    rec = F.embedding_bag(i, sae.W_dec, per_sample_weights=v, mode="sum") + sae.b_pre
+    loss = _fvu(xn - rec, xn)
+    aux = torch.zeros((), device=xn.device)
+    if ka:
+        e = (xn - rec).detach()
+        aux = _fvu(e - F.embedding_bag(ia, sae.W_dec, per_sample_weights=va.relu(), mode="sum"), e)
+    return loss, aux, i[v > 0]
+
+def sae_loss_dense(sae: TopKSAE, xn, dead=None, aux_k: int = 256):
+    "`sae_loss` the old way (19_benchmarks' baseline): autograd through all n x n_latents pre-activations."
     pre = sae.pre_acts(xn)
     v, i = pre.topk(sae.k, dim=-1)
     v = v.relu()
-    # decode only the k active rows: embedding_bag sums v-weighted decoder rows (the dense z @ W_dec, without the zeros)
     rec = F.embedding_bag(i, sae.W_dec, per_sample_weights=v, mode="sum") + sae.b_pre
     loss = _fvu(xn - rec, xn)
     aux = torch.zeros((), device=xn.device)

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from .core import SteerCfg, ProjectCfg, Profile, pbar, timer, save_figure
 from .models import LLM, encode, edit_layer, forward_to_layer, pad, positions, load_llm
-from .glp import load_glp, time_grid
+from .glp import load_glp, time_grid, check_read_point
 from .corpus import docs
 from .stats import boot_idx
 from .probesets import load_task
@@ -274,7 +274,9 @@ def describe(tok, toks: pd.DataFrame, acts: np.ndarray, k: int = 5, width: int =
 
 # %% ../nbs/09_steering.ipynb #c062b
 def glp_runs(P: Profile) -> list[dict]:
-    "Checkpoints for the steering-vs-compute figure: dict(run, rung, acts, path), ladder rungs first, then the main GLP."
+    "Checkpoints for the steering-vs-compute figure: dict(run, rung, acts, path); a released GLP's (`P.scaling.released`) when set, else ladder rungs first, then the main GLP."
+    if P.scaling.released:
+        return [dict(run=run, rung=-1, acts=artefacts.ckpt_acts(c), path=str(c)) for run, cks in artefacts.released_runs(P).items() for c in cks]
     out = []
     for i in range(len(P.scaling.widths)):
         d = artefacts.rung_dir(P, i)
@@ -515,7 +517,8 @@ def steering_vs_compute(llm: LLM, P: Profile, prefixes: Sequence[str], w: torch.
     pts = []
     with pbar(total=len(runs) * len(sj) * S.new_tokens, desc="scaling", unit="tok") as bar, timer() as t:
         for run in runs:
-            g_ = load_glp(run["path"], device=llm.device).eval()
+            g_ = artefacts.load_ckpt(run["path"], device=llm.device).eval()
+            if P.scaling.released: check_read_point(g_, llm.layer)   # a released GLP must model the layer we steer
             c_ = [cut_eos(c, eos) for c in generate(llm, spre, S.new_tokens, delta=sdelta, post=GLPPost.from_cfg(g_, P.project, S.seed),
                                                      batch_size=S.batch_size, bar=bar)]
             nl = cont_nll(llm, spre, c_, S.batch_size)
