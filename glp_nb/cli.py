@@ -499,7 +499,11 @@ def render_timings(timings: Path) -> str:
     t = load_json(timings)
     sec, tot = t["seconds"], sum(t["seconds"].values())
     rows = "".join(f"| {k.removesuffix('.ipynb')} | {STAGE_WORK.get(k.removesuffix('.ipynb'), '')} | {v / 60:.1f} | {v / tot:.0%} |\n" for k, v in sec.items())
-    return (f"Measured by the last complete `{t['meta']['profile']}` chain (git {t['meta']['git']}), from `{Path(timings).name}`: "
+    m = t["meta"]
+    rate = (f" on {m['machine']['cpu']} ({m['machine']['cpus']} cores), whose fp32 matmul rate measured at the chain's end is "
+            f"{m['matmul_flops'] / 1e9:.0f} GFLOP/s (scale the times by it for another machine)" if "matmul_flops" in m
+            else " (this chain predates recording the machine's matmul rate)")
+    return (f"Measured by the last complete `{m['profile']}` chain (git {m['git']}), from `{Path(timings).name}`{rate}: "
             f"**{tot / 60:.0f} minutes** in all.\n\n| notebook | what it does | minutes | share |\n|---|---|---|---|\n" + rows)
 
 def _between(text: str, start: str, end: str, body: str) -> str:
@@ -569,7 +573,10 @@ def finish(profile: str, times: dict, full: bool = True) -> dict:
     "After a chain: keep its stage times beside its figures (for the README table and the next run's ETAs), rewrite the README (cpu), build the report."
     out = {}
     if full:
-        meta = dict(profile=profile, git=git_rev(), note="wall seconds per stage of the last complete chain")
+        from glp_nb.train import matmul_flops
+        from glp_nb.bench import machine
+        meta = dict(profile=profile, git=git_rev(), note="wall seconds per stage of the last complete chain",
+                    matmul_flops=matmul_flops(), machine=machine())   # so a reader can scale the times to their own machine
         out["timings"] = fig_dir(profile) / "chain_timings.json"
         save_json(dict(meta=meta, seconds=times, total=round(sum(times.values()), 1)), out["timings"])
     root = repo_root()
