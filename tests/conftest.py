@@ -39,3 +39,8 @@ def user_dirs(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(home)); monkeypatch.setenv("GLP_NB_DATA", str(data)); monkeypatch.setenv("GLP_NB_OUT", str(out))
     yield home, data, out
     assert not (home / ".cache" / "glp_nb").exists(), f"the default data folder {home / '.cache' / 'glp_nb'} was used"
+
+
+def pytest_collection_modifyitems(config, items):
+    "test_chain runs first: its smoke chain leaves the smoke artefacts that later tests read (released-layout sweeps, OOD scoring, probing)."
+    items.sort(key=lambda it: 0 if it.module.__name__.rsplit(".", 1)[-1] == "test_chain" else 1)   # stable: the rest keep their order
