@@ -354,7 +354,7 @@ PROFILES = {
         sae=dict(expansion=4, k=16, batch_size=512, n_acts=16_384, lr=3e-3),
         scaling=dict(widths=((32, 64, 1), (64, 128, 1), (128, 256, 2)), n_acts=16_384, batch_size=512, n_ckpts=3, lr=3e-3, n_boot=100,
                      check=False),   # 3 rungs: a code-path check of 07, not a law
-        eval=dict(fd_n=1000, fd_steps=(1, 4, 20), fd_ladder_steps=4, dlm_docs=8, dlm_len=64, n_boot=200),
+        eval=dict(fd_n=1000, fd_steps=(1, 4, 20), fd_ladder_steps=4, dlm_docs=4, dlm_len=64, n_boot=200),
         project=dict(steps=4),        # 05, 08 and 09 project with 4 Euler steps (cpu and gpu: the paper's 20)
         steer=dict(rs=(0.5, 1.5), n_prefixes=4, new_tokens=6, n_features=3, feature_prompts=1, n_boot=100,
                    diffmean_n=100, heldout_n=100, context_docs=4, scaling_prefixes=3, scaling_ckpts=1, feature_freq=(0.001, 0.2)),
@@ -362,15 +362,15 @@ PROFILES = {
                    n_check=4),
         neurons=dict(docs=16, length=32, tasks=2),
         diag=dict(n_acts=64, rs=(1.0,), t_starts=(0.1, 0.5), steps=(4,), sweep_ts=(0.1, 0.5), steer_ts=(0.5,), sweep_docs=2, sweep_prefixes=2,
-                  sweep_rs=(1.0,), stepwise_prefixes=2),   # 12 is the smoke chain's slowest stage: 2 prefixes / documents per part
+                  sweep_rs=(1.0,), stepwise_prefixes=1),   # 12 is the smoke chain's slowest stage: 2 prefixes / documents per part
         synth=dict(d=64, rank=4, k=3, n_train=20_000, budgets=(4_096, 16_384), n_eval=256, exact_steps=200, n_boot=200),
         downstream=dict(dlm_docs=2, n_boot=100),
         recipe=dict(rung=0, n_acts=4_096, lrs=(1e-3, 1e-2), batch_sizes=(256,), n_boot=200, compile=False),
-        bench=dict(reps=2, harvest_tokens=512, train_steps=2, gen_tokens=2, sae_steps=2),
+        bench=dict(reps=1, harvest_tokens=512, train_steps=2, gen_tokens=2, sae_steps=2, matmul_s=0.05),
         stream=dict(source="store", ring=3, shard_acts=2048, n_acts=10_000, passes=2, batch_size=512, kills=(0.5,)),
         multi=dict(layers=(4, 8), train_acts=1024, val_acts=256, n_acts=8192, d_model=64, d_mlp=128, depth=1, lr=3e-3, batch_size=256, fd_n=128,
-                   probe_tasks=1, probe_rows=60, bench_tokens=128),
-        ood=dict(texts=8, max_len=16, ts=(0.1, 0.5, 0.9), n_noise=1, ode_steps=4, hutch=1, alphas=(0.1, 0.5), pca_k=16, n_boot=200, ref_rows=4000),
+                   probe_tasks=1, probe_rows=40, bench_tokens=64),
+        ood=dict(texts=6, max_len=16, ts=(0.1, 0.5, 0.9), n_noise=1, ode_steps=4, hutch=1, alphas=(0.1, 0.5), pca_k=16, n_boot=200, ref_rows=4000),
     ),
     "cpu": dict(
         harvest=dict(max_len=1024, train_acts=1_050_000, val_acts=60_000),
