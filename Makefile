@@ -14,7 +14,7 @@ browser:
 
 test: install browser
 	nbdev_test --n_workers 2 --do_print --timing
-	$(PY) -m pytest tests -ra
+	$(PY) -m pytest tests -ra --durations=15
 
 # the chain itself does not need the browser: without it only the report's screenshot is skipped (and said so)
 reproduce: install
