@@ -343,15 +343,24 @@ def _sae_line(ax, r, key):
     if key == "steer" and r.get("steer_baseline") is not None:
         ax.axhline(r["steer_baseline"], color="0.3", ls=":", lw=1, label="steering without GLP")
 
-def plot_vs_compute(r: dict):
-    "Every metric of `r` (from `run_downstream`) against compute: points, frontier, fitted law with band, the paper's law on its own axis."
+def _panels(r: dict):
+    "A 2-row grid with one panel per metric of `r`: (fig, [(ax, key, label, its points)]); panels without points say so, unused ones are off."
     import matplotlib.pyplot as plt
     keys = list(r["metrics"]); pts = r["points"]
     fig, axs = plt.subplots(2, math.ceil(len(keys) / 2), figsize=(12, 8.5), squeeze=False)
+    out = []
     for ax, key in zip(axs.ravel(), keys):
-        label, rising = r["metrics"][key]
+        label = r["metrics"][key][0]
         p = pts[pts[key].notna()] if key in pts else pts.iloc[:0]
-        if not len(p): ax.set_title(f"{label}: no points"); ax.axis("off"); continue
+        if len(p): out.append((ax, key, label, p))
+        else: ax.set_title(f"{label}: no points"); ax.axis("off")
+    for ax in axs.ravel()[len(keys):]: ax.axis("off")
+    return fig, out
+
+def plot_vs_compute(r: dict):
+    "Every metric of `r` (from `run_downstream`) against compute: points, frontier, fitted law with band, the paper's law on its own axis."
+    fig, panels = _panels(r)
+    for ax, key, label, p in panels:
         _points(ax, p, key, "flops")
         f = p[p.frontier]
         ax.plot(f.flops, f[key], "o", mfc="none", mec="k", ms=10, mew=1, label="compute frontier (fitted)")
@@ -373,19 +382,13 @@ def plot_vs_compute(r: dict):
             top.tick_params(labelsize=7, colors="0.4")
         ax.set_xscale("log"); ax.set_xlabel("GLP training compute C = 6·N·D (FLOPs)"); ax.set_ylabel(label, fontsize=8)
         ax.grid(alpha=0.3, which="both"); ax.legend(fontsize=6)
-    for ax in axs.ravel()[len(keys):]: ax.axis("off")
     fig.suptitle("Downstream metrics of every GLP checkpoint vs training compute", fontsize=11); fig.tight_layout()
     return fig
 
 def plot_vs_loss(r: dict):
     "Every metric of `r` against the held-out loss: points, fitted line with band, the paper's f(L) on its own loss axis, the ΔLM crossing."
-    import matplotlib.pyplot as plt
-    keys = list(r["metrics"]); pts = r["points"]
-    fig, axs = plt.subplots(2, math.ceil(len(keys) / 2), figsize=(12, 8.5), squeeze=False)
-    for ax, key in zip(axs.ravel(), keys):
-        label, _ = r["metrics"][key]
-        p = pts[pts[key].notna()] if key in pts else pts.iloc[:0]
-        if not len(p): ax.set_title(f"{label}: no points"); ax.axis("off"); continue
+    fig, panels = _panels(r)
+    for ax, key, label, p in panels:
         _points(ax, p, key, "val_loss")
         fit = r["fits_loss"].get(key, {})
         lo, hi = p.val_loss.min(), p.val_loss.max()
@@ -406,7 +409,6 @@ def plot_vs_loss(r: dict):
             top.plot(ls_, pl["a"] + pl["b"] * ls_, color="0.5", lw=2, alpha=0.7)
             top.set_xlabel("paper's loss axis: grey = paper's f(L) = 0.935 − 0.015·L", fontsize=7, color="0.4"); top.tick_params(labelsize=7, colors="0.4")
         ax.set_xlabel("held-out diffusion loss (05's HeldOut)"); ax.set_ylabel(label, fontsize=8); ax.grid(alpha=0.3); ax.legend(fontsize=6)
-    for ax in axs.ravel()[len(keys):]: ax.axis("off")
     fig.suptitle("Downstream metrics of every GLP checkpoint vs held-out loss", fontsize=11); fig.tight_layout()
     return fig
 
