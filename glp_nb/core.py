@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #c003
 from __future__ import annotations
-import os, json, random, subprocess, tempfile, dataclasses, datetime, pathlib, contextlib, errno, shutil
+import os, re, json, random, subprocess, tempfile, dataclasses, datetime, pathlib, contextlib, errno, shutil
 from dataclasses import dataclass, field, asdict, fields, replace
 from pathlib import Path
 from typing import Any, Optional
@@ -448,7 +448,7 @@ def get_profile(name: str = "cpu", **overrides) -> Profile:
     return check_profile(_merge(p, overrides) if overrides else p)
 
 # %% ../nbs/00_core.ipynb #c008w
-import typing, re as _re_stages
+import typing
 
 LIMITS = {  # field -> (test, what it means); fields not listed only get the type check
     "positive": (lambda v: v > 0, "> 0"), "nonneg": (lambda v: v >= 0, ">= 0"), "frac": (lambda v: 0 <= v <= 1, "in [0, 1]"),
@@ -521,8 +521,8 @@ def check_profile(p: Profile) -> Profile:
     if p.threads is not None: _typed(p.threads, int, "threads")
     if p.stages is not None:
         _typed(p.stages, str, "stages")
-        try: _re_stages.compile(p.stages)
-        except _re_stages.error as e: raise ValueError(f"config field stages must be a regex, got {p.stages!r}: {e}") from None
+        try: re.compile(p.stages)
+        except re.error as e: raise ValueError(f"config field stages must be a regex, got {p.stages!r}: {e}") from None
     return replace(p, **kw)
 
 # %% ../nbs/00_core.ipynb #c009b
@@ -771,16 +771,16 @@ def save_figure(fig, name: str, data: dict, profile: Profile, **meta) -> Path:
     return png
 
 # %% ../nbs/00_core.ipynb #c022n
-import string, re as _re
+import string
 
-_PART = _re.compile(r"\.?([^.\[\]]+)|\[([^\]]+)\]")
+_PART = re.compile(r"\.?([^.\[\]]+)|\[([^\]]+)\]")
 
 def lookup(obj, path: str, what: str = "json"):
     "The value at dotted/bracketed `path` ('a.b[c d].0') inside `obj`; a KeyError naming `what` and the path when absent."
     cur, done = obj, []
     for m in _PART.finditer(path):
         k = m.group(1) or m.group(2)
-        if isinstance(cur, list) and _re.fullmatch(r"-?\d+", k) and -len(cur) <= int(k) < len(cur): cur = cur[int(k)]
+        if isinstance(cur, list) and re.fullmatch(r"-?\d+", k) and -len(cur) <= int(k) < len(cur): cur = cur[int(k)]
         elif isinstance(cur, dict) and k in cur: cur = cur[k]
         else:
             have = sorted(cur)[:12] if isinstance(cur, dict) else f"a {type(cur).__name__}"
