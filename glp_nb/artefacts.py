@@ -10,9 +10,10 @@ from typing import Optional
 from .core import Profile, data_dir, load_json, save_json, settings_match
 
 # %% auto #0
-__all__ = ['model_slug', 'layer_of', 'store_dir', 'glp_dir', 'rung_dir', 'sae_dir', 'multi_dir', 'probe_cache', 'ckpt_name',
-           'authors_root', 'ckpt_acts', 'ckpt_label', 'list_ckpts', 'load_ckpt', 'glp_ckpts', 'ladder_runs',
-           'released_runs', 'open_stores', 'main_glp_dir', 'load_main_glp', 'load_main_sae', 'reuse', 'record']
+__all__ = ['model_slug', 'layer_of', 'store_dir', 'glp_dir', 'rung_dir', 'sae_dir', 'multi_dir', 'probe_cache', 'text_cache',
+           'ckpt_name', 'authors_root', 'ckpt_acts', 'ckpt_label', 'list_ckpts', 'load_ckpt', 'glp_ckpts',
+           'ladder_runs', 'released_runs', 'open_stores', 'main_glp_dir', 'load_main_glp', 'load_main_sae', 'reuse',
+           'record']
 
 # %% ../nbs/artefacts.ipynb #a006
 def model_slug(name: str) -> str:
@@ -57,6 +58,10 @@ def probe_cache(llm, name: str, cfg) -> Path:
     "Where the last-token activations of probing task `name` (rows and length of ProbeCfg `cfg`) are cached."
     rows = "all" if cfg.max_rows is None else f"r{cfg.max_rows}"
     return data_dir() / "probe_cache" / f"{model_slug(llm.name)}-L{llm.layer}" / f"len{cfg.max_len}" / f"{name}-{rows}-s{cfg.seed}.npz"
+
+def text_cache(llm, digest: str, max_len: int) -> Path:
+    "Where the layer activations of one list of texts (named by the `digest` of the texts) are cached, e.g. 09's and 12's sentiment texts."
+    return data_dir() / "text_cache" / f"{model_slug(llm.name)}-L{llm.layer}" / f"len{max_len}" / f"{digest}.npz"
 
 # %% ../nbs/artefacts.ipynb #a009
 def ckpt_name(acts: int) -> str: return f"ckpt_{acts:012d}"

@@ -372,23 +372,31 @@ PROFILES = {
                    probe_tasks=1, probe_rows=40, bench_tokens=64),
         ood=dict(texts=6, max_len=16, ts=(0.1, 0.5, 0.9), n_noise=1, ode_steps=4, hutch=1, alphas=(0.1, 0.5), pca_k=16, n_boot=200, ref_rows=4000),
     ),
+    # cpu: sized so that the whole chain (00-19) fits 60 minutes on a slow 2-core machine (fp32 matmul ~160 GFLOP/s; issue 16).
+    # Every budget is about a quarter of the first cpu chain's (which ran ~2.5 h): 280k harvested tokens, 560k training activations
+    # (two passes, as before) for the main GLP, the SAE and each ladder rung; the projection on the released code's grid
+    # (10 evaluations from t_start 0.5, not 20); fewer prefixes, documents and checkpoints where a stage only diagnoses.
     "cpu": dict(
-        harvest=dict(max_len=1024, train_acts=1_050_000, val_acts=60_000),
+        harvest=dict(max_len=1024, train_acts=280_000, val_acts=20_000, bench_tokens=4096),
         glp=dict(depth=3, d_model=640, d_mlp=1280),
-        train=dict(lr=1e-3, batch_size=1024, n_acts=2_000_000, eval_every=100),  # 05_train: lr 1e-3 for a ~2k-step run (5e-5 is for 244k steps)
-        sae=dict(lr=2e-3),                       # 06_sae: the GLP's 2M budget, ~7 min at ~5k act/s (see 06_sae)
-        eval=dict(fd_n=4000, fd_steps=(1, 4, 20, 100), fd_ladder_steps=20, dlm_docs=64, dlm_len=128),  # 08: 6-minute share
+        train=dict(lr=1e-3, batch_size=1024, n_acts=560_000, eval_every=50),  # 05_train: lr 1e-3 for a ~550-step run (5e-5 is for 244k steps)
+        sae=dict(lr=2e-3),                       # 06_sae: the GLP's budget (the paper's comparison)
+        project=dict(grid="authors"),            # 05, 08, 09, 12, 14: the released code's grid, 10 denoiser evaluations at t_start 0.5
+        eval=dict(fd_n=2000, fd_steps=(1, 4, 20, 100), fd_ladder_steps=20, dlm_docs=32, dlm_len=128),
         scaling=dict(widths=((32, 64, 1), (64, 128, 1), (128, 256, 2), (192, 384, 2), (320, 640, 2)),
-                     n_acts=2_000_000, batch_size=1024, n_ckpts=6, lr=3e-3),   # 07: the main GLP's 2M budget per rung, ~9 min
+                     n_acts=560_000, batch_size=1024, n_ckpts=6, lr=3e-3),   # 07: the main GLP's budget per rung
         probe=dict(datasets=PROBE_CPU_TASKS, max_rows=500, max_len=128, n_boot=10_000),
-        steer=dict(rs=(0.2, 0.6, 1.0, 1.4, 1.8, 2.0), n_prefixes=100, n_features=50, feature_prompts=1, diffmean_n=1000, heldout_n=500,
-                   context_docs=40, scaling_prefixes=12, scaling_ckpts=2),  # 09: 20-minute share, see 09_steering's sizing note
-        recipe=dict(n_acts=300_000, lrs=(3e-3, 1e-2, 3e-2)),   # 15: ~8 minutes; the best lr per rung, for ScalingCfg.lrs
-        diag=dict(n_acts=256, stepwise_prefixes=16, steer_ts=(0.1, 0.5), sweep_rs=(1.0, 2.0), sweep_prefixes=16),  # 12: ~20 minutes
-        stream=dict(n_acts=16_384, shard_acts=2048, ring=3),   # 16: harvest-bound, ~4 min
-        multi=dict(layers=(2, 5, 8, 11), train_acts=16_384, val_acts=4_096, n_acts=200_000, d_model=256, d_mlp=512, depth=2, lr=3e-3,
-                   batch_size=1024, fd_n=1000),   # 17: blocks around the read layer 8; ~11 min loaded, most of it the harvest
-        ood=dict(texts=40, max_len=24, n_noise=1, ode_steps=8, hutch=1, alphas=(0.05, 0.1, 0.25), sub_texts=20, scale_texts=16),  # 18: ~6 min loaded
+        steer=dict(rs=(0.2, 0.6, 1.0, 1.4, 2.0), n_prefixes=40, n_features=24, feature_prompts=1, diffmean_n=1000, heldout_n=500,
+                   context_docs=40, scaling_prefixes=8, scaling_ckpts=2),  # 09: the 262k-word LM head at every token dominates (09's sizing note)
+        recipe=dict(n_acts=150_000, lrs=(3e-3, 1e-2, 3e-2)),   # 15: the best lr per rung, for ScalingCfg.lrs
+        diag=dict(n_acts=128, stepwise_prefixes=5, steer_ts=(0.1, 0.5), sweep_rs=(1.0, 2.0), sweep_prefixes=6, sweep_docs=6,
+                  sweep_ts=(0.05, 0.1, 0.3, 0.5, 0.9)),   # 12: generation and ΔLM per setting are its cost
+        synth=dict(n_train=100_000, budgets=(25_000, 100_000, 400_000)),
+        stream=dict(n_acts=16_384, shard_acts=2048, ring=3),   # 16: harvest-bound
+        multi=dict(layers=(2, 5, 8, 11), train_acts=16_384, val_acts=4_096, n_acts=120_000, d_model=256, d_mlp=512, depth=2, lr=3e-3,
+                   batch_size=1024, fd_n=1000),   # 17: blocks around the read layer 8
+        ood=dict(texts=32, max_len=24, n_noise=1, ode_steps=8, hutch=1, alphas=(0.05, 0.1, 0.25), sub_texts=16, scale_texts=12),
+        bench=dict(reps=3),
     ),
     # one H200 for one 10-minute device window (issue 14): harvest in bf16, a streamed GLP, a ladder up to ~100x the cpu chain's
     # largest GLP compute (C = 6 N D: 84M params x 30M activations vs 11M x 2M), then ΔLM, steering and probing. Sized by estimate

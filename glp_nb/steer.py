@@ -25,9 +25,9 @@ from .judge import judge
 __all__ = ['SENTIMENT_SETS', 'SIGNS', 'AXES', 'SteerEdit', 'generate', 'greedy_match', 'next_logits', 'GLPPost', 'massive_dims',
            'drop_dims', 'act_norm', 'sentiment_splits', 'end_sentence', 'text_acts', 'diffmean', 'neutral_prefixes',
            'found_in', 'store_tokens', 'sae_codes', 'code_stats', 'pick_features', 'describe', 'glp_runs',
-           'steering_setup', 'sentiment_direction', 'steering_prefixes', 'sentiment_steering', 'steering_features',
-           'feature_steering', 'steering_vs_compute', 'judge_steering', 'verdicts', 'plot_sentiment',
-           'plot_sae_steering', 'plot_vs_compute', 'plot_judge', 'run_steering']
+           'steering_setup', 'cached_text_acts', 'sentiment_direction', 'steering_prefixes', 'sentiment_steering',
+           'steering_features', 'feature_steering', 'steering_vs_compute', 'judge_steering', 'verdicts',
+           'plot_sentiment', 'plot_sae_steering', 'plot_vs_compute', 'plot_judge', 'run_steering']
 
 # %% ../nbs/09_steering.ipynb #c009
 class SteerEdit:
@@ -321,14 +321,31 @@ def steering_setup(P: Profile, log=print) -> dict:
                 glp_ckpt=ckpt, massive=massive, projection=dict(median_rel_change=chg, median_cos=cos_p))
 
 # %% ../nbs/09_steering.ipynb #r002
+def cached_text_acts(llm: LLM, texts: Sequence[str], max_len: int = 128, batch_size: int = 64, bar=None, log=print) -> tuple[torch.Tensor, torch.Tensor]:
+    "`text_acts`, cached under `artefacts.text_cache` by a digest of the texts: 12_projection reuses 09's sentiment activations instead of recomputing them."
+    from glp_nb.probesets import _digest
+    from glp_nb.core import atomic_path
+    f = artefacts.text_cache(llm, _digest(list(texts)), max_len)
+    if f.exists():
+        try:
+            with np.load(f, allow_pickle=False) as z:
+                if z["last"].shape == (len(texts), llm.d):
+                    log(f"  {len(texts)} texts' activations reused from {f}")
+                    return torch.from_numpy(z["last"]), torch.from_numpy(z["mean"])
+        except Exception: pass  # unreadable: recompute
+    last, mean = text_acts(llm, texts, max_len, batch_size, bar)
+    with atomic_path(f) as tmp:
+        with open(tmp, "wb") as fh: np.savez(fh, last=last.numpy(), mean=mean.numpy())
+    return last, mean
+
 def sentiment_direction(llm: LLM, S: SteerCfg, big: torch.Tensor, log=print) -> dict:
     "The DiffMean sentiment direction `w` (last token, massive dimensions zeroed) with its held-out AUROC, and the TF-IDF scorer `clf`; both offline scorers' held-out quality."
     train_df, held_df = sentiment_splits(S)
     sub = pd.concat([g.sample(min(len(g), S.diffmean_n // 2), random_state=S.seed) for _, g in train_df.groupby("target")])
     sub = sub.sample(frac=1.0, random_state=S.seed).reset_index(drop=True)  # mixed order: each half has both classes
     with pbar(desc="sentiment text acts", unit="tok") as bar, timer() as t:
-        x_tr, m_tr = text_acts(llm, [end_sentence(x) for x in sub.prompt], batch_size=S.batch_size, bar=bar)
-        x_te, m_te = text_acts(llm, [end_sentence(x) for x in held_df.prompt], batch_size=S.batch_size, bar=bar)
+        x_tr, m_tr = cached_text_acts(llm, [end_sentence(x) for x in sub.prompt], batch_size=S.batch_size, bar=bar, log=log)
+        x_te, m_te = cached_text_acts(llm, [end_sentence(x) for x in held_df.prompt], batch_size=S.batch_size, bar=bar, log=log)
     def held_auc(w, x):
         proj = (x @ w).numpy()
         a = {n: auroc(proj[held_df.set == n], held_df.target[held_df.set == n]) for n in SENTIMENT_SETS}
