@@ -185,7 +185,10 @@ def run_chain(profile: str = "cpu", nbs: Path | None = None, only: str | None = 
     overrides = parse_sets(sets)
     P = get_profile(profile, **overrides)                    # a bad --set fails here, before any stage runs
     nbs_ = notebooks_dir(nbs)
-    stages = chain(nbs_, only or P.stages)                  # a profile may run only some stages (gpu-quick: `Profile.stages`)
+    stages = chain(nbs_, P.stages)                          # a profile may run only some stages (gpu-quick: `Profile.stages`)
+    if only:                                                # --only narrows them; it never adds a stage the profile leaves out
+        stages = [p for p in stages if re.search(only, p.name)]
+        if not stages: raise FileNotFoundError(f"--only {only!r} matches none of profile {profile!r}'s stages")
     if start:
         hit = [i for i, p in enumerate(stages) if p.stem == start or p.name == start or p.name.startswith(start)]
         if not hit: raise ValueError(f"--from {start!r} matches no stage; stages: {[p.stem for p in stages]}")
