@@ -11,7 +11,8 @@ from .core import PROFILES, get_profile, repo_root, run_dir, fig_dir, save_json,
 # %% auto #0
 __all__ = ['LIB_DIRECTIVES', 'OOD_NAMES', 'STAGE_WORK', 'H200_BF16_PEAK', 'chain', 'chain_cells', 'Progress', 'notebooks_dir',
            'parse_sets', 'StageFailed', 'failure_message', 'run_chain', 'render_gallery', 'Fig', 'render_results',
-           'render_holds', 'render_timings', 'update_readme', 'gpu_summary', 'pack', 'unpack', 'finish', 'main']
+           'render_holds', 'render_timings', 'update_readme', 'headline', 'compare_figures', 'render_compare',
+           'gpu_summary', 'pack', 'unpack', 'finish', 'main']
 
 # %% ../nbs/cli.ipynb #c005
 def chain(nbs: Path, only: str | None = None) -> list[Path]:
@@ -528,6 +529,51 @@ def update_readme(readme: Path, figs: Path, start="<!-- gallery:start -->", end=
         from glp_nb.core import atomic_path
         with atomic_path(readme) as tmp: Path(tmp).write_text(new)
     return True
+
+# %% ../nbs/cli.ipynb #c99a9b07
+def headline(figs: Path) -> dict:
+    "The chain's headline numbers in `figs` as {name: (value, lo, hi)}, the interval None where the figure gives none."
+    h = {}
+    tc, sm, sl = Fig(figs, "training_curve"), Fig(figs, "sae_metrics"), Fig(figs, "scaling_law")
+    if tc: h["05 main GLP held-out loss"] = (tc["stats.val_loss"], None, None)
+    if sm: h["06 SAE held-out FVU"] = (sm["val.fvu"], None, None)
+    if sl: h["07 scaling exponent alpha"] = (sl["fit.alpha"], *sl["fit.alpha_ci"])
+    fd, dl = Fig(figs, "frechet_distance"), Fig(figs, "delta_lm_loss")
+    if fd: h.update({f"08 FD std, {k.split(' (')[0]}": (v["std"], None, None) for k, v in fd["fd"].items()})
+    if dl: h.update({f"08 ΔLM, {k}": (v["mean"], v["lo"], v["hi"]) for k, v in dl["delta_lm"].items() if isinstance(v, dict)})
+    for name, tag in (("steering_sentiment", "09 sentiment steering gain"), ("steering_sae", "09 SAE-feature steering gain")):
+        js = Fig(figs, name)
+        if js: h.update({f"{tag}, {k}": (v["gain"], v["lo"], v["hi"]) for k, v in js["matched"].items() if v["overlap"]})
+    pa, ps = Fig(figs, "probing_auc"), Fig(figs, "prior_strength")
+    if pa: h.update({f"10 probing AUC, {r['method']}": (r["mean_auc"], r["ci_low"], r["ci_high"]) for r in pa["summary"]})
+    if ps: h.update({f"12 ΔLM after projection, {k}": (ps[k]["mean"], ps[k]["lo"], ps[k]["hi"]) for k in ("best_dlm", "sae_dlm")})
+    od = Fig(figs, "ood_detection")
+    if od: h.update({f"18 OOD AUROC, {b}, {OOD_NAMES.get(m, m)}": (x["auc"], x["lo"], x["hi"]) for b, v in od["auc"].items() for m, x in v.items()})
+    return h
+
+def compare_figures(old: Path, new: Path) -> "pd.DataFrame":
+    "Headline numbers of figure folders `old` and `new` side by side; `verdict` says whether each new value lies in the old 95% interval."
+    import pandas as pd
+    a, b = headline(old), headline(new)
+    rows = []
+    for k in [k for k in a if k in b]:
+        (v0, lo, hi), (v1, lo1, hi1) = a[k], b[k]
+        if lo is None: verdict = f"{(v1 - v0) / abs(v0):+.0%} (no interval)" if v0 else "(no interval)"
+        elif lo <= v1 <= hi: verdict = "inside the old CI"
+        elif lo1 is not None and lo1 <= hi and lo <= hi1: verdict = "outside the old CI, CIs overlap"
+        else: verdict = "moved: CIs disjoint"
+        rows.append(dict(quantity=k, old=v0, old_ci=None if lo is None else (lo, hi), new=v1, new_ci=None if lo1 is None else (lo1, hi1),
+                         verdict=verdict))
+    return pd.DataFrame(rows, columns=["quantity", "old", "old_ci", "new", "new_ci", "verdict"])
+
+def render_compare(df: "pd.DataFrame", old: str, new: str) -> str:
+    "`compare_figures`' table as markdown, with a count of each verdict."
+    f = lambda v, ci: f"{v:.3f}" + ("" if ci is None else f" [{ci[0]:.3f}, {ci[1]:.3f}]")
+    kinds = df.verdict.str.replace(r"^[+-]\d+% ", "", regex=True).value_counts()
+    return (f"{len(df)} headline numbers, {old} → {new}: " + ", ".join(f"{n} {k}" for k, n in kinds.items()) + ".\n\n"
+            "| quantity | before | now | verdict |\n|---|---|---|---|\n"
+            + "".join(f"| {r.quantity} | {f(r.old, r.old_ci)} | {f(r.new, r.new_ci)} | {r.verdict} |\n" for r in df.itertuples()))
+
 
 # %% ../nbs/cli.ipynb #g002
 H200_BF16_PEAK = 989e12   # the H200's dense bf16 tensor-core peak (spec sheet); measured matmuls reach about 790e12
