@@ -11,13 +11,14 @@ from typing import Any, Optional
 import numpy as np
 
 # %% auto #0
-__all__ = ['PROBE_CPU_TASKS', 'PROFILES', 'LIMITS', 'ModelCfg', 'CorpusCfg', 'HarvestCfg', 'GLPCfg', 'TrainCfg', 'SampleCfg',
-           'ProjectCfg', 'SAECfg', 'ScalingCfg', 'EvalCfg', 'SteerCfg', 'ProbeCfg', 'NeuronsCfg', 'DiagCfg', 'SynthCfg',
-           'DownstreamCfg', 'RecipeCfg', 'StreamCfg', 'MultiCfg', 'OODCfg', 'BenchCfg', 'Profile', 'get_profile',
-           'check_profile', 'temp_env', 'torch_threads', 'isolated', 'repo_root', 'data_dir', 'out_dir', 'fig_dir',
-           'run_dir', 'seed_everything', 'get_device', 'default_threads', 'setup_torch', 'atomic_path', 'disk_error',
-           'disk_full', 'save_json', 'load_json', 'finite_json', 'writer_lock', 'clean_tmp', 'settings_match',
-           'git_rev', 'provenance', 'save_data', 'save_figure', 'lookup', 'fill', 'measured', 'pbar', 'timer']
+__all__ = ['PROBE_CPU_TASKS', 'CPU_BUDGET_S', 'PROFILES', 'LIMITS', 'ModelCfg', 'CorpusCfg', 'HarvestCfg', 'GLPCfg', 'TrainCfg',
+           'SampleCfg', 'ProjectCfg', 'SAECfg', 'ScalingCfg', 'EvalCfg', 'SteerCfg', 'ProbeCfg', 'NeuronsCfg',
+           'DiagCfg', 'SynthCfg', 'DownstreamCfg', 'RecipeCfg', 'StreamCfg', 'MultiCfg', 'OODCfg', 'BenchCfg',
+           'Profile', 'get_profile', 'check_profile', 'temp_env', 'torch_threads', 'isolated', 'repo_root', 'data_dir',
+           'out_dir', 'fig_dir', 'run_dir', 'seed_everything', 'get_device', 'default_threads', 'setup_torch',
+           'atomic_path', 'disk_error', 'disk_full', 'save_json', 'load_json', 'finite_json', 'writer_lock',
+           'clean_tmp', 'settings_match', 'git_rev', 'provenance', 'save_data', 'save_figure', 'lookup', 'fill',
+           'measured', 'pbar', 'timer']
 
 # %% ../nbs/00_core.ipynb #c006
 @dataclass
@@ -342,6 +343,8 @@ PROBE_CPU_TASKS = ("5_hist_fig_ismale", "21_headline_istrump", "36_sciq_tf", "41
                    "65_high-school", "87_glue_cola", "92_glue_sst2", "95_toxic_is", "96_spam_is", "105_click_bait",
                    "123_world_country_United_Kingdom", "126_art_type_book", "138_glue_mnli_contradiction",
                    "149_twt_emotion_happiness", "156_athlete_sport_baseball", "159_code_Python")
+
+CPU_BUDGET_S = 3600   # wall seconds the whole cpu chain may take on a slow 2-core machine (fp32 matmul ~160 GFLOP/s)
 
 PROFILES = {
     "smoke": dict(

@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from .core import Profile, get_profile, fig_dir, run_dir, save_json, save_data, load_json, provenance, pbar, timer
+from .core import Profile, get_profile, fig_dir, run_dir, save_json, save_data, load_json, provenance, pbar, timer, CPU_BUDGET_S
 from .models import LLM, encode
 from .harvest import block_acts, from_bits
 from . import artefacts
@@ -157,7 +157,7 @@ def run_meta_neurons(P: Profile, llm=None, glp=None, docs=None, log=print) -> di
                 seconds=dict(scan=tr.s, total=time.perf_counter() - t0))
 
 def neurons_cost(r: dict) -> str:
-    "Where the time went, against the 90-minute cpu budget."
+    "Where the time went, against the cpu chain's budget (`core.CPU_BUDGET_S`)."
     s = r["seconds"]["total"]
-    return (f"wrote {r['path']}\nthis notebook's pipeline: {s:.0f} s = {s / 60:.1f} min, {100 * s / 5400:.1f}% of the "
-            f"90-minute cpu budget (share for 11_meta_neurons: 3 min)")
+    return (f"wrote {r['path']}\nthis notebook's pipeline: {s:.0f} s = {s / 60:.1f} min, {s / CPU_BUDGET_S:.1%} of the cpu "
+            f"chain's {CPU_BUDGET_S / 60:.0f}-minute budget")

@@ -10,7 +10,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 import torch
-from .core import Profile, ProbeCfg, get_profile, fig_dir, run_dir, load_json, save_figure, pbar, timer
+from .core import Profile, ProbeCfg, get_profile, fig_dir, run_dir, load_json, save_figure, pbar, timer, CPU_BUDGET_S
 from .models import LLM, encode
 from .probesets import CV, split, task_acts, last_token_acts, check_labelled, binary_datasets
 from .stats import bootstrap_ci, paired_diff_ci, standardize, fit_standardizer
@@ -409,11 +409,11 @@ def verdict(r: dict) -> str:
     return "\n".join(lines)
 
 def probing_cost(r: dict, P: Profile) -> str:
-    "Where this stage's time went, against the 90-minute cpu budget and the chain so far."
+    "Where this stage's time went, against the cpu chain's budget (`core.CPU_BUDGET_S`) and the chain so far."
     sec, tj = r["seconds"], run_dir(P.name) / "timings.json"
     before = load_json(tj)["total"] if tj.exists() else None
-    return (f"this notebook's pipeline: {sec['total']:.0f} s = {sec['total'] / 60:.1f} min, {100 * sec['total'] / 5400:.1f}% of the 90-minute "
-            f"cpu budget (share for 10_probing: 8 min); reading prompts {sec['read']:.0f} s, main probing {sec['main']:.0f} s, "
+    return (f"this notebook's pipeline: {sec['total']:.0f} s = {sec['total'] / 60:.1f} min, {sec['total'] / CPU_BUDGET_S:.1%} of the cpu "
+            f"chain's {CPU_BUDGET_S / 60:.0f}-minute budget; reading prompts {sec['read']:.0f} s, main probing {sec['main']:.0f} s, "
             f"blocks {sec['blocks']:.0f} s, timesteps {sec['timesteps']:.0f} s, checkpoints {sec['checkpoints']:.0f} s"
             + (f"; the chain so far (runs/{P.name}/timings.json) took {before:.0f} s" if before else ""))
 
