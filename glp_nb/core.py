@@ -375,30 +375,32 @@ PROFILES = {
                    probe_tasks=1, probe_rows=40, bench_tokens=64),
         ood=dict(texts=6, max_len=16, ts=(0.1, 0.5, 0.9), n_noise=1, ode_steps=4, hutch=1, alphas=(0.1, 0.5), pca_k=16, n_boot=200, ref_rows=4000),
     ),
-    # cpu: sized so that the whole chain (00-19) fits 60 minutes on a slow 2-core machine (fp32 matmul ~160 GFLOP/s; issue 16).
-    # Every budget is about a quarter of the first cpu chain's (which ran ~2.5 h): 280k harvested tokens, 560k training activations
-    # (two passes, as before) for the main GLP, the SAE and each ladder rung; the projection on the released code's grid
-    # (10 evaluations from t_start 0.5, not 20); fewer prefixes, documents and checkpoints where a stage only diagnoses.
+    # cpu: sized so that the whole chain (00-19) fits CPU_BUDGET_S on a slow 2-core machine (fp32 matmul ~160 GFLOP/s; issue 16).
+    # The first cpu chain with all twenty stages took about 2.5 h there; a chain at 280k tokens / 560k activations took 80 min.
+    # Now: 160k harvested tokens and 320k training activations (two passes, as before) for the main GLP, the SAE and each
+    # ladder rung; the projection on the released code's grid (10 evaluations from t_start 0.5, not 20); fewer prefixes,
+    # documents, prompts and checkpoints where a stage evaluates or diagnoses. README "Time of the cpu chain" lists each change.
     "cpu": dict(
-        harvest=dict(max_len=1024, train_acts=280_000, val_acts=20_000, bench_tokens=4096),
+        harvest=dict(max_len=1024, train_acts=160_000, val_acts=16_000, block_docs=16, bench_tokens=4096),
         glp=dict(depth=3, d_model=640, d_mlp=1280),
-        train=dict(lr=1e-3, batch_size=1024, n_acts=560_000, eval_every=50),  # 05_train: lr 1e-3 for a ~550-step run (5e-5 is for 244k steps)
+        train=dict(lr=1e-3, batch_size=1024, n_acts=320_000, eval_every=30, eval_acts=4096),  # 05_train: lr 1e-3 for a ~310-step run (5e-5 is for 244k steps)
         sae=dict(lr=2e-3),                       # 06_sae: the GLP's budget (the paper's comparison)
         project=dict(grid="authors"),            # 05, 08, 09, 12, 14: the released code's grid, 10 denoiser evaluations at t_start 0.5
-        eval=dict(fd_n=2000, fd_steps=(1, 4, 20, 100), fd_ladder_steps=20, dlm_docs=32, dlm_len=128),
+        eval=dict(fd_n=2000, fd_steps=(1, 4, 20, 100), fd_ladder_steps=20, dlm_docs=16, dlm_len=128),
         scaling=dict(widths=((32, 64, 1), (64, 128, 1), (128, 256, 2), (192, 384, 2), (320, 640, 2)),
-                     n_acts=560_000, batch_size=1024, n_ckpts=6, lr=3e-3),   # 07: the main GLP's budget per rung
-        probe=dict(datasets=PROBE_CPU_TASKS, max_rows=500, max_len=128, n_boot=10_000),
-        steer=dict(rs=(0.2, 0.6, 1.0, 1.4, 2.0), n_prefixes=40, n_features=24, feature_prompts=1, diffmean_n=1000, heldout_n=500,
-                   context_docs=40, scaling_prefixes=8, scaling_ckpts=2),  # 09: the 262k-word LM head at every token dominates (09's sizing note)
-        recipe=dict(n_acts=150_000, lrs=(3e-3, 1e-2, 3e-2)),   # 15: the best lr per rung, for ScalingCfg.lrs
-        diag=dict(n_acts=128, stepwise_prefixes=5, steer_ts=(0.1, 0.5), sweep_rs=(1.0, 2.0), sweep_prefixes=6, sweep_docs=6,
+                     n_acts=320_000, batch_size=1024, n_ckpts=6, lr=3e-3),   # 07: the main GLP's budget per rung
+        probe=dict(datasets=PROBE_CPU_TASKS, max_rows=400, max_len=96, n_boot=10_000),
+        steer=dict(rs=(0.2, 0.6, 1.2, 2.0), n_prefixes=24, n_features=16, feature_prompts=1, diffmean_n=1000, heldout_n=500,
+                   context_docs=40, scaling_prefixes=6, scaling_ckpts=2),  # 09: the 262k-word LM head at every token dominates (09's sizing note)
+        recipe=dict(n_acts=100_000, lrs=(3e-3, 1e-2, 3e-2)),   # 15: the best lr per rung, for ScalingCfg.lrs
+        diag=dict(n_acts=128, stepwise_prefixes=4, steer_ts=(0.1, 0.5), sweep_rs=(1.0, 2.0), sweep_prefixes=4, sweep_docs=4,
                   sweep_ts=(0.05, 0.1, 0.3, 0.5, 0.9)),   # 12: generation and ΔLM per setting are its cost
         synth=dict(n_train=100_000, budgets=(25_000, 100_000, 400_000)),
-        stream=dict(n_acts=16_384, shard_acts=2048, ring=3),   # 16: harvest-bound
-        multi=dict(layers=(2, 5, 8, 11), train_acts=16_384, val_acts=4_096, n_acts=120_000, d_model=256, d_mlp=512, depth=2, lr=3e-3,
+        downstream=dict(dlm_docs=6),             # 14: a ΔLM for each of ~38 checkpoints
+        stream=dict(n_acts=12_288, shard_acts=2048, ring=3),   # 16: harvest-bound
+        multi=dict(layers=(2, 5, 8, 11), train_acts=16_384, val_acts=4_096, n_acts=80_000, d_model=256, d_mlp=512, depth=2, lr=3e-3,
                    batch_size=1024, fd_n=1000),   # 17: blocks around the read layer 8
-        ood=dict(texts=32, max_len=24, n_noise=1, ode_steps=8, hutch=1, alphas=(0.05, 0.1, 0.25), sub_texts=16, scale_texts=12),
+        ood=dict(texts=24, max_len=24, n_noise=1, ode_steps=8, hutch=1, alphas=(0.05, 0.1, 0.25), sub_texts=12, scale_texts=10),
         bench=dict(reps=3),
     ),
     # one H200 for one 10-minute device window (issue 14): harvest in bf16, a streamed GLP, a ladder up to ~100x the cpu chain's

@@ -331,7 +331,7 @@ def run_models(P, log=print) -> dict:
              load_s=t.s, cached=cached)
     log(f"{llm.name}: layer {llm.layer} of {llm.n_layers}, d={llm.d}, d_mlp={llm.d_mlp}, bos={llm.bos}, device={llm.device}")
     log(f"load time {t.s:.1f} s ({'from the fp32 cache' if cached else 'including GGUF dequantization and caching'})")
-    r["bench"] = b = bench_forward(llm, n_rows=min(8, max(1, P.harvest.bench_tokens // 1024)))  # 8 x 128 tokens on cpu/gpu, 1 x 128 on smoke
+    r["bench"] = b = bench_forward(llm, n_rows=min(8, max(1, P.harvest.bench_tokens // 1024)))  # rows of 128 tokens: 4 on cpu, 8 on gpu, 1 on smoke
     log(f"{llm.name} on {b['threads']} threads, batch {b['rows']}x{b['seq']}: forward_to_layer (layer {llm.layer}) {b['stop_tok_s']:,.0f} tok/s, "
         f"full forward with LM head {b['full_tok_s']:,.0f} tok/s: {b['ratio']:.1f}x")
     return r
