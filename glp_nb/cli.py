@@ -530,7 +530,7 @@ def update_readme(readme: Path, figs: Path, start="<!-- gallery:start -->", end=
         with atomic_path(readme) as tmp: Path(tmp).write_text(new)
     return True
 
-# %% ../nbs/cli.ipynb #71e287ed
+# %% ../nbs/cli.ipynb #5adeb993
 def headline(figs: Path) -> dict:
     "The chain's headline numbers in `figs` as {name: (value, lo, hi)}, the interval None where the figure gives none."
     h = {}
