@@ -6,7 +6,7 @@
 from __future__ import annotations
 import argparse, contextlib, re, sys, threading, time, json, os
 from pathlib import Path
-from .core import PROFILES, get_profile, repo_root, run_dir, fig_dir, save_json, load_json, git_rev, lookup, atomic_path
+from .core import PROFILES, CPU_BUDGET_S, get_profile, repo_root, run_dir, fig_dir, save_json, load_json, git_rev, lookup, atomic_path
 
 # %% auto #0
 __all__ = ['LIB_DIRECTIVES', 'OOD_NAMES', 'STAGE_WORK', 'H200_BF16_PEAK', 'chain', 'chain_cells', 'Progress', 'notebooks_dir',
@@ -507,8 +507,9 @@ def render_timings(timings: Path) -> str:
     rate = (f" on {m['machine']['cpu']} ({m['machine']['cpus']} cores), whose fp32 matmul rate measured at the chain's end is "
             f"{m['matmul_flops'] / 1e9:.0f} GFLOP/s (scale the times by it for another machine)" if "matmul_flops" in m
             else " (this chain predates recording the machine's matmul rate)")
+    budget = f" (budget: {CPU_BUDGET_S / 60:.0f} minutes on a slow 2-core machine)" if m["profile"] == "cpu" else ""
     return (f"Measured by the last complete `{m['profile']}` chain (git {m['git']}), from `{Path(timings).name}`{rate}: "
-            f"**{tot / 60:.0f} minutes** in all.\n\n| notebook | what it does | minutes | share |\n|---|---|---|---|\n" + rows)
+            f"**{tot / 60:.0f} minutes** in all{budget}.\n\n| notebook | what it does | minutes | share |\n|---|---|---|---|\n" + rows)
 
 def _between(text: str, start: str, end: str, body: str) -> str:
     "`text` with what lies between the markers `start` and `end` replaced by `body` (unchanged when a marker is absent)."
@@ -530,7 +531,7 @@ def update_readme(readme: Path, figs: Path, start="<!-- gallery:start -->", end=
         with atomic_path(readme) as tmp: Path(tmp).write_text(new)
     return True
 
-# %% ../nbs/cli.ipynb #5adeb993
+# %% ../nbs/cli.ipynb #796cd41d
 def headline(figs: Path) -> dict:
     "The chain's headline numbers in `figs` as {name: (value, lo, hi)}, the interval None where the figure gives none."
     h = {}
