@@ -190,7 +190,7 @@ def bench_generation(llm: LLM, glp, project, rows: int, new_tokens: int, reps: i
     from glp_nb.scoring import cont_nll
     seqs = bench_prompts(llm, rows)
     per = max(2, new_tokens // reps)                      # a prefill and at least one cached decode step per round
-    posts = {"config": GLPPost.from_cfg(glp, project), "authors": GLPPost(glp, project.t_start, project.steps, "authors")}
+    posts = {g_: GLPPost(glp, project.t_start, project.steps, g_) for g_ in ("ours", "authors")}   # the configured grid is one of them
     res = {}
     x = torch.randn(rows, llm.d) * glp.normalizer.var.sqrt() + glp.normalizer.mean
     def post(k):
@@ -203,7 +203,7 @@ def bench_generation(llm: LLM, glp, project, rows: int, new_tokens: int, reps: i
     def kept(r): res["kept"] = cont_nll(llm, seqs, conts, batch_size=rows)
     def full(r): res["all"] = nll_all_logits(llm, seqs, conts)
     mm, mm_fl = mm_rate(mm_n, mm_s)
-    s = rounds({"cached": gen, "naive": naive, "kept": kept, "all": full, "post_config": post("config"), "post_authors": post("authors"),
+    s = rounds({"cached": gen, "naive": naive, "kept": kept, "all": full, "post_ours": post("ours"), "post_authors": post("authors"),
                 "matmul": mm}, reps, desc="generate/score", warm=True)
     rate = mm_fl / med(s["matmul"])
     full_fl = layer_flops(llm, [len(x) + per for x in seqs], upto=llm.n_layers - 1, head=True)
@@ -217,7 +217,7 @@ def bench_generation(llm: LLM, glp, project, rows: int, new_tokens: int, reps: i
                 full_flops_per_token=full_fl, ceiling_tok_s=rate / full_fl,
                 gen_tok_s=g, gen_frac_of_ceiling={k: v / (rate / full_fl) for k, v in g.items()},
                 same_tokens=res["cached"] == res["naive"],
-                score_tok_s=sc, score_max_abs_diff=float(np.abs(res["kept"] - res["all"]).max()), post=pp)
+                score_tok_s=sc, score_max_abs_diff=float(np.abs(res["kept"] - res["all"]).max()), post=pp, grid=project.grid)
 
 # %% ../nbs/19_benchmarks.ipynb #b19021
 def bench_sae(P: Profile, d: int, steps: int, reps: int = 3, mm_n: int = 1024, mm_s: float = 1.0) -> dict:
@@ -269,8 +269,8 @@ def ratios(r: dict) -> dict:
                train_optimizer=pair("AdamW foreach", "AdamW fused", t["act_s"]["foreach"], t["act_s"]["fused"], "act/s"),
                generation_kv_cache=pair("naive_generate", "steer.generate", g["gen_tok_s"]["naive"], g["gen_tok_s"]["cached"], "tok/s"),
                scoring_logits=pair("nll_all_logits", "scoring.cont_nll", g["score_tok_s"]["all"], g["score_tok_s"]["kept"], "tok/s"),
-               projection_grid=pair(f"grid 'ours' ({g['post']['config']['evals']} evals)", f"grid 'authors' ({g['post']['authors']['evals']} evals)",
-                                    1 / g["post"]["config"]["post_s_per_token"], 1 / g["post"]["authors"]["post_s_per_token"], "tok/s of the projection"),
+               projection_grid=pair(f"grid 'ours' ({g['post']['ours']['evals']} evals)", f"grid 'authors' ({g['post']['authors']['evals']} evals)",
+                                    1 / g["post"]["ours"]["post_s_per_token"], 1 / g["post"]["authors"]["post_s_per_token"], "tok/s of the projection"),
                sae_backward=pair("sae_loss_dense", "sae_loss (sparse backward)", s["act_s"]["dense"], s["act_s"]["sparse"], "act/s"))
     return out
 
@@ -281,7 +281,7 @@ def limits(r: dict) -> dict:
            "training / step-shape matmul": t["frac_of_step_shape"]["foreach"],
            "generation / FLOP ceiling": g["gen_frac_of_ceiling"]["cached"], "SAE step / encoder ceiling": s["frac_of_ceiling"]["sparse"]}
     if "loader" in t: out["loader share of a step"] = t["loader"]["share_of_step"]
-    out["projection / LLM decode"] = g["post"]["config"]["post_over_llm"]
+    out["projection / LLM decode"] = g["post"][g["grid"]]["post_over_llm"]   # the profile's own grid
     return out
 
 def run_bench(P: Profile, log=print) -> dict:
@@ -322,8 +322,8 @@ def run_bench(P: Profile, log=print) -> dict:
     with timer() as t: r["generation"] = g = bench_generation(llm, glp, P.project, rows, B.gen_tokens, B.reps, mm_s=mm_s)
     log(f"generation: {g['gen_tok_s']['cached']:,.1f} tok/s ({g['gen_frac_of_ceiling']['cached']:.0%} of the ceiling with the LM head), "
         f"naive {g['gen_tok_s']['naive']:,.1f}; scoring {g['score_tok_s']['kept']:,.0f} tok/s, all logits {g['score_tok_s']['all']:,.0f}; "
-        f"projection {g['post']['config']['post_over_llm']:.2f}x the LLM's time ({g['post']['config']['evals']} evals), "
-        f"{g['post']['authors']['post_over_llm']:.2f}x on the released grid ({g['post']['authors']['evals']} evals) ({t.s:.0f} s)")
+        f"projection {g['post']['ours']['post_over_llm']:.2f}x the LLM's time on our grid ({g['post']['ours']['evals']} evals), "
+        f"{g['post']['authors']['post_over_llm']:.2f}x on the released grid ({g['post']['authors']['evals']} evals; the profile uses '{g['grid']}') ({t.s:.0f} s)")
     with timer() as t: r["sae"] = s = bench_sae(P, llm.d, B.sae_steps, B.reps, mm_s=mm_s)
     log(f"SAE: {s['act_s']['sparse']:,.0f} act/s (sparse backward) vs {s['act_s']['dense']:,.0f} (dense): "
         f"{s['act_s']['sparse'] / s['act_s']['dense']:.2f}x; {s['frac_of_ceiling']['sparse']:.0%} of the encoder ceiling ({t.s:.0f} s)")
