@@ -376,7 +376,7 @@ PROFILES = {
         ood=dict(texts=6, max_len=16, ts=(0.1, 0.5, 0.9), n_noise=1, ode_steps=4, hutch=1, alphas=(0.1, 0.5), pca_k=16, n_boot=200, ref_rows=4000),
     ),
     # cpu: sized so that the whole chain (00-19) fits CPU_BUDGET_S on a slow 2-core machine (fp32 matmul ~160 GFLOP/s; issue 16).
-    # The first cpu chain with all twenty stages took about 2.5 h there; a chain at 280k tokens / 560k activations took 80 min.
+    # The first cpu chain with all twenty stages took well over two hours there; a chain at 280k tokens / 560k activations over an hour.
     # Now: 160k harvested tokens and 320k training activations (two passes, as before) for the main GLP, the SAE and each
     # ladder rung; the projection on the released code's grid (10 evaluations from t_start 0.5, not 20); fewer prefixes,
     # documents, prompts and checkpoints where a stage evaluates or diagnoses. README "Time of the cpu chain" lists each change.
