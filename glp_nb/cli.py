@@ -633,7 +633,8 @@ def finish(profile: str, times: dict, full: bool = True) -> dict:
     if profile == "cpu" and root and not os.environ.get("GLP_NB_OUT"):   # a partial chain refreshes the results, not the runtime table
         update_readme(root / "README.md", root / "figures", timings=out.get("timings"))
         out["readme"] = root / "README.md"
-    if profile.startswith("gpu-quick") and full:
+    figs = fig_dir(profile)   # a gpu-quick run, whole or partial, is summarised once harvest (03) and training (05) have written their figures
+    if profile.startswith("gpu-quick") and (figs / "activation_stats.json").exists() and (figs / "training_curve.json").exists():
         out["gpu"] = fig_dir(profile) / "gpu_quick.json"
         import torch, platform
         dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else (platform.processor() or platform.machine())
