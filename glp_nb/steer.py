@@ -10,7 +10,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from .core import SteerCfg, ProjectCfg, Profile, pbar, timer, save_figure
+from .core import SteerCfg, ProjectCfg, Profile, pbar, timer, save_figure, atomic_path
 from .models import LLM, encode, edit_layer, forward_to_layer, pad, positions, load_llm
 from .glp import load_glp, time_grid, check_read_point
 from .corpus import docs
@@ -324,7 +324,6 @@ def steering_setup(P: Profile, log=print) -> dict:
 def cached_text_acts(llm: LLM, texts: Sequence[str], max_len: int = 128, batch_size: int = 64, bar=None, log=print) -> tuple[torch.Tensor, torch.Tensor]:
     "`text_acts`, cached under `artefacts.text_cache` by a digest of the texts: 12_projection reuses 09's sentiment activations instead of recomputing them."
     from glp_nb.probesets import _digest
-    from glp_nb.core import atomic_path
     f = artefacts.text_cache(llm, _digest(list(texts)), max_len)
     if f.exists():
         try:
