@@ -15,7 +15,7 @@ from .models import LLM, encode, edit_layer, forward_to_layer, pad, positions, l
 from .glp import load_glp, time_grid, check_read_point
 from .corpus import docs
 from .stats import boot_idx
-from .probesets import load_task
+from .probesets import load_task, _digest
 from . import artefacts
 from .scoring import cont_nll, vader, fit_tfidf, feature_acts, auroc, steer_score, cut_eos, fluency
 from .scoring import summarize_ci, curves, matched_gain, report_matched, matched_examples, style, pareto_ax
@@ -323,7 +323,6 @@ def steering_setup(P: Profile, log=print) -> dict:
 # %% ../nbs/09_steering.ipynb #r002
 def cached_text_acts(llm: LLM, texts: Sequence[str], max_len: int = 128, batch_size: int = 64, bar=None, log=print) -> tuple[torch.Tensor, torch.Tensor]:
     "`text_acts`, cached under `artefacts.text_cache` by a digest of the texts: 12_projection reuses 09's sentiment activations instead of recomputing them."
-    from glp_nb.probesets import _digest
     f = artefacts.text_cache(llm, _digest(list(texts)), max_len)
     if f.exists():
         try:
